@@ -1,0 +1,156 @@
+"""Orthogonal parametrizations of square blocks: pure functions on ``(..., b, b)`` tensors.
+
+Every map takes an unconstrained square ``A`` (or the packed free entries of a skew matrix) and
+returns an orthogonal ``Q``; ``A = 0`` gives ``Q = I`` (identity at initialisation).
+
+============================  ==========================================================
+method                        formula (``K = ½(A − Aᵀ)``, skew-symmetric)
+============================  ==========================================================
+``"cayley"``                  ``Q = (I + K)(I − K)⁻¹``, by a batched solve ``Q(I − K) = I + K``
+``"expm"``                    ``Q = exp(K)``
+``"cayley_neumann"``          ``Q ≈ (I + K)(I + K + K² + … + K^{t−1})`` (``t`` = ``neumann_terms``)
+============================  ==========================================================
+
+Note [precision]: the solve and the exponential run in float32 (float64 stays float64) with
+autocast disabled locally; the result is cast back to the input dtype once.
+
+Note [neumann error]: the truncated Neumann series replaces ``(I − K)⁻¹`` by
+``S_t = Σ_{j<t} K^j = (I − K)⁻¹(I − K^t)``, so ``Q_t = C − C K^t`` with ``C`` the exact (orthogonal)
+Cayley matrix. With ``ρ = ‖K‖₂`` this gives ``‖Q_t − C‖₂ ≤ ρ^t`` and
+``‖Q_tᵀQ_t − I‖₂ ≤ 2ρ^t + ρ^{2t}``: orthogonal only while the parameters stay small (ρ < 1), and
+the error grows like ``ρ^t`` once ρ > 1. :func:`neumann_error_bound` computes the bound; prefer
+``"cayley"`` (exact) unless profiling says otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from sorth.errors import ShapeError, check_choice, check_positive_int
+
+__all__ = [
+    "METHODS",
+    "cayley",
+    "cayley_neumann",
+    "expm",
+    "neumann_error_bound",
+    "orthogonal_blocks",
+    "orthogonality_error",
+    "pack_skew",
+    "skew",
+    "unpack_skew",
+]
+
+Method = Literal["cayley", "expm", "cayley_neumann"]
+METHODS: tuple[str, ...] = ("cayley", "expm", "cayley_neumann")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_square(A: torch.Tensor) -> None:
+    if A.dim() < 2 or A.shape[-1] != A.shape[-2]:
+        raise ShapeError(f"expected square blocks (..., b, b), got shape {tuple(A.shape)}.")
+
+
+def skew(A: torch.Tensor) -> torch.Tensor:
+    """Skew-symmetric part ``K = ½(A − Aᵀ)`` of ``A``: ``(..., b, b) -> (..., b, b)``."""
+    _check_square(A)
+    return 0.5 * (A - A.mT)
+
+
+def _triu_index(b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.triu_indices(b, b, offset=1, device=device).unbind(0)
+
+
+def unpack_skew(p: torch.Tensor, b: int) -> torch.Tensor:
+    """Skew matrix from its ``b(b−1)/2`` free entries (strict upper triangle, row-major).
+
+    ``(..., b(b−1)/2) -> (..., b, b)`` with ``K[i, j] = p[idx(i, j)] = −K[j, i]`` for ``i < j``.
+    """
+    if p.shape[-1] != b * (b - 1) // 2:
+        raise ShapeError(f"expected {b * (b - 1) // 2} packed entries for b={b}, got {p.shape[-1]}.")
+    rows, cols = _triu_index(b, p.device)
+    K = p.new_zeros(*p.shape[:-1], b, b)
+    K[..., rows, cols] = p
+    return K - K.mT
+
+
+def pack_skew(K: torch.Tensor) -> torch.Tensor:
+    """Free entries of the skew part of ``K``: ``(..., b, b) -> (..., b(b−1)/2)``."""
+    _check_square(K)
+    rows, cols = _triu_index(K.shape[-1], K.device)
+    return skew(K)[..., rows, cols]
+
+
+def _eye_like(K: torch.Tensor) -> torch.Tensor:
+    return torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+
+
+def cayley(K: torch.Tensor) -> torch.Tensor:
+    """Exact Cayley transform ``Q = (I + K)(I − K)⁻¹`` of a skew ``K``: ``(..., b, b)``.
+
+    Computed by a batched solve ``Q (I − K) = I + K`` (``torch.linalg.solve(..., left=False)``),
+    never an explicit inverse. ``I − K`` is always invertible for skew ``K``.
+    """
+    eye = _eye_like(K)
+    return torch.linalg.solve(eye - K, eye + K, left=False)
+
+
+def cayley_neumann(K: torch.Tensor, terms: int = 5) -> torch.Tensor:
+    """Cayley with ``(I − K)⁻¹`` replaced by ``Σ_{j<terms} K^j``: ``(..., b, b)``.
+
+    Fast (matmuls only) but approximate: see Note [neumann error] and :func:`neumann_error_bound`.
+    """
+    check_positive_int("neumann_terms", terms)
+    eye = _eye_like(K)
+    series, power = eye, eye
+    for _ in range(terms - 1):
+        power = power @ K
+        series = series + power
+    return (eye + K) @ series
+
+
+def expm(K: torch.Tensor) -> torch.Tensor:
+    """Matrix exponential ``Q = exp(K)`` of a skew ``K``: ``(..., b, b)``."""
+    return torch.linalg.matrix_exp(K)
+
+
+def orthogonal_blocks(
+    K: torch.Tensor, method: Method = "cayley", *, neumann_terms: int = 5
+) -> torch.Tensor:
+    """Orthogonal blocks from skew blocks ``K`` (``(..., b, b)``), in ``K``'s dtype.
+
+    See Note [precision]: the computation runs in float32/float64 with autocast off.
+    """
+    check_choice("method", method, METHODS)
+    _check_square(K)
+    out_dtype = K.dtype
+    Kc = K.to(_compute_dtype(out_dtype))
+    with torch.autocast(device_type=K.device.type, enabled=False):
+        if method == "cayley":
+            Q = cayley(Kc)
+        elif method == "expm":
+            Q = expm(Kc)
+        else:
+            Q = cayley_neumann(Kc, neumann_terms)
+    return Q.to(out_dtype)
+
+
+def orthogonality_error(Q: torch.Tensor) -> torch.Tensor:
+    """``max |QᵀQ − I|`` over all entries and blocks of ``(..., b, b)``, computed in float64."""
+    Q64 = Q.to(torch.float64)
+    eye = torch.eye(Q.shape[-1], dtype=torch.float64, device=Q.device)
+    return (Q64.mT @ Q64 - eye).abs().amax()
+
+
+def neumann_error_bound(spectral_norm: float, terms: int) -> float:
+    """Upper bound ``2ρ^t + ρ^{2t}`` on ``‖QᵀQ − I‖₂`` for :func:`cayley_neumann`.
+
+    ``ρ = ‖K‖₂`` (spectral norm of the skew block), ``t`` = ``terms``; see Note [neumann error].
+    """
+    e = float(spectral_norm) ** terms
+    return 2 * e + e * e

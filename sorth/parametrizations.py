@@ -1,0 +1,216 @@
+"""``GSOrthogonal``: a module owning the parameters of an orthogonal GS matrix.
+
+``Q = P_{m+1} · B_m ··· B_1 · P_1`` with every block ``B_i[j] = orth(K_i[j])`` orthogonal
+(:mod:`sorth.orthogonal`), so ``Q`` is orthogonal (Theorem 1 direction). ``K = 0`` at
+initialisation, so ``Q = I``.
+
+Note [storage]: by default (``storage="skew"``) each block stores only the ``b(b−1)/2`` free
+entries of its skew-symmetric generator ``K`` — the honest parameter count, half the checkpoint.
+``storage="full"`` stores an unconstrained ``b × b`` ``A`` per block and uses ``K = ½(A − Aᵀ)``,
+as the paper's code does and counts (its symmetric half never receives a gradient).
+
+Structures (``n = r · b``; ``r`` = ``nblocks``, ``b`` = ``block_size``):
+
+=============  ===============================================  ===========================
+structure      Q                                                factors × blocks
+=============  ===============================================  ===========================
+``"gs"``       ``Pᵀ L P R``, ``P = P_(r, n)`` (GSOFT)            ``n_factors`` (2) × r × b²
+``"oft"``      ``diag(Q_1..Q_r)``                               1 × r × b²
+``"butterfly"`` BOFT block butterfly                             m × r × b², m = 1 + log2 r
+``"monarch"``  ``P_(r,n) L P_(b,n) R``, ``L``: b blocks of r      r × b² + b × r²
+=============  ===============================================  ===========================
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from sorth.errors import BlockSizeError, check_choice, check_positive_int
+from sorth.gs import GSMatrix, min_butterfly_factors_for_density, resolve_blocks
+from sorth.orthogonal import METHODS, Method, orthogonal_blocks, skew, unpack_skew
+
+__all__ = ["STORAGES", "STRUCTURES", "GSOrthogonal"]
+
+Structure = Literal["gs", "oft", "butterfly", "monarch"]
+STRUCTURES: tuple[str, ...] = ("gs", "oft", "butterfly", "monarch")
+STORAGES: tuple[str, ...] = ("skew", "full")
+
+
+def _factor_shapes(structure: str, n: int, r: int, b: int, m: int) -> list[tuple[int, int]]:
+    """``(nblocks, block_size)`` of every factor, ``B_1`` first."""
+    if structure == "monarch":
+        return [(r, b), (b, r)]
+    return [(r, b)] * m
+
+
+def _template(structure: str, shapes: list[tuple[int, int]]) -> GSMatrix:
+    """A GS matrix with zero blocks of the right structure (used for its permutations)."""
+    zeros = [torch.zeros(k, bb, bb) for k, bb in shapes]
+    if structure == "gs":
+        if len(zeros) == 2:
+            return GSMatrix.gsoft(zeros[1], zeros[0])
+        P_L = GSMatrix.shuffled(zeros).perms[1]
+        from sorth.permutations import invert_permutation
+
+        return GSMatrix.shuffled(zeros, perm_left=invert_permutation(P_L))
+    if structure == "oft":
+        return GSMatrix.block_diagonal(zeros[0])
+    if structure == "butterfly":
+        return GSMatrix.butterfly(zeros)
+    return GSMatrix.monarch(zeros[1], zeros[0])
+
+
+class GSOrthogonal(nn.Module):
+    """Orthogonal ``n × n`` GS matrix applied to the last dim: ``(..., n) -> (..., n)``.
+
+    Args:
+        n: feature size.
+        nblocks: ``r``, blocks per factor (exactly one of ``nblocks`` / ``block_size``).
+        block_size: ``b = n / r``.
+        method: ``"cayley"`` (exact solve), ``"expm"`` or ``"cayley_neumann"``.
+        structure: ``"gs"`` (default), ``"oft"``, ``"butterfly"`` or ``"monarch"``.
+        n_factors: number of factors for ``"gs"`` (default 2) and ``"butterfly"`` (default
+            ``1 + ⌈log2 r⌉``, the fewest that give a dense matrix).
+        neumann_terms: series length for ``"cayley_neumann"``.
+        storage: ``"skew"`` (free entries only) or ``"full"`` (see Note [storage]).
+        block_dropout: during training, each block is replaced by the identity with this
+            probability (multiplicative dropout; ``Q`` stays orthogonal).
+        device, dtype: factory kwargs for the parameters.
+
+    Example:
+        >>> q = GSOrthogonal(768, block_size=8)
+        >>> y = q(torch.randn(4, 768))  # identity at init
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        nblocks: int | None = None,
+        block_size: int | None = None,
+        method: Method = "cayley",
+        structure: Structure = "gs",
+        n_factors: int | None = None,
+        neumann_terms: int = 5,
+        storage: Literal["skew", "full"] = "skew",
+        block_dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        check_choice("method", method, METHODS)
+        check_choice("structure", structure, STRUCTURES)
+        check_choice("storage", storage, STORAGES)
+        check_positive_int("neumann_terms", neumann_terms)
+        if not 0.0 <= float(block_dropout) < 1.0:
+            raise BlockSizeError(f"block_dropout={block_dropout} must be in [0, 1).")
+        r, b = resolve_blocks(n, nblocks=nblocks, block_size=block_size)
+        m = self._resolve_factors(structure, n, r, b, n_factors)
+        self.n, self.nblocks, self.block_size, self.n_factors = n, r, b, m
+        self.method, self.structure, self.storage = method, structure, storage
+        self.neumann_terms, self.block_dropout = neumann_terms, float(block_dropout)
+        self._shapes = _factor_shapes(structure, n, r, b, m)
+        self._uniform = len(set(self._shapes)) == 1
+        factory = {"device": device, "dtype": dtype}
+        self.params = nn.ParameterList(
+            nn.Parameter(torch.zeros(self._param_shape(k, bb), **factory)) for k, bb in self._shapes
+        )
+        template = _template(structure, self._shapes)
+        self._perm_names: list[str | None] = []
+        for i, P in enumerate(template.perms):
+            name = None if P is None else f"perm_{i}"
+            if P is not None:
+                self.register_buffer(name, P.to(device), persistent=False)
+            self._perm_names.append(name)
+
+    @staticmethod
+    def _resolve_factors(structure: str, n: int, r: int, b: int, n_factors: int | None) -> int:
+        if structure in ("oft", "monarch"):
+            fixed = 1 if structure == "oft" else 2
+            if n_factors not in (None, fixed):
+                raise BlockSizeError(
+                    f"structure={structure!r} has exactly {fixed} factor(s); got n_factors={n_factors}."
+                )
+            return fixed
+        if n_factors is None:
+            return 2 if structure == "gs" else min_butterfly_factors_for_density(n, b)
+        return check_positive_int("n_factors", n_factors)
+
+    def _param_shape(self, k: int, b: int) -> tuple[int, ...]:
+        return (k, b * (b - 1) // 2) if self.storage == "skew" else (k, b, b)
+
+    # ------------------------------------------------------------------------ math
+    def _skew(self, p: torch.Tensor, b: int) -> torch.Tensor:
+        return unpack_skew(p, b) if self.storage == "skew" else skew(p)
+
+    def orthogonal_factors(self) -> list[torch.Tensor]:
+        """The orthogonal block tensors ``[(k_1, b_1, b_1), …]`` in the parameters' dtype."""
+        skews = [self._skew(p, b) for p, (_, b) in zip(self.params, self._shapes, strict=True)]
+        if self._uniform:  # one batched solve for all factors
+            Q = orthogonal_blocks(torch.stack(skews), self.method, neumann_terms=self.neumann_terms)
+            factors = list(Q.unbind(0))
+        else:
+            factors = [
+                orthogonal_blocks(K, self.method, neumann_terms=self.neumann_terms) for K in skews
+            ]
+        if self.training and self.block_dropout > 0:
+            factors = [self._drop_blocks(Q) for Q in factors]
+        return factors
+
+    def _drop_blocks(self, Q: torch.Tensor) -> torch.Tensor:
+        keep = torch.rand(Q.shape[0], 1, 1, device=Q.device) >= self.block_dropout
+        eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device)
+        return torch.where(keep, Q, eye)
+
+    @property
+    def perms(self) -> list[torch.Tensor | None]:
+        return [None if name is None else getattr(self, name) for name in self._perm_names]
+
+    def matrix(self, dtype: torch.dtype | None = None) -> GSMatrix:
+        """The current orthogonal GS matrix (factors cast to ``dtype`` if given)."""
+        factors = self.orthogonal_factors()
+        if dtype is not None:
+            factors = [Q.to(dtype) for Q in factors]
+        return GSMatrix._trusted(factors, self.perms)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``Q @ x`` on the last dim, in ``x``'s dtype: ``(..., n) -> (..., n)``."""
+        if x.shape[-1] != self.n:
+            raise BlockSizeError(f"input last dim {x.shape[-1]} != n={self.n} of {self!r}.")
+        return self.matrix(dtype=x.dtype).apply(x)
+
+    def dense(self) -> torch.Tensor:
+        """The dense ``(n, n)`` orthogonal matrix ``Q``."""
+        return self.matrix().to_dense()
+
+    # ------------------------------------------------------------------ parameters
+    @torch.no_grad()
+    def reset_parameters(
+        self,
+        init: Literal["identity", "random"] = "identity",
+        *,
+        std: float = 0.1,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """``"identity"``: zeros (``Q = I``); ``"random"``: normal(0, std) generators."""
+        check_choice("init", init, ("identity", "random"))
+        for p in self.params:
+            if init == "identity":
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters actually stored (see Note [storage])."""
+        return sum(p.numel() for p in self.params)
+
+    def extra_repr(self) -> str:
+        return (
+            f"n={self.n}, nblocks={self.nblocks}, block_size={self.block_size}, "
+            f"structure={self.structure!r}, n_factors={self.n_factors}, method={self.method!r}, "
+            f"storage={self.storage!r}"
+        )
