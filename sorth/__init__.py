@@ -5,6 +5,7 @@ Core math (this package without :mod:`sorth.tuner`) imports only torch.
 
 from __future__ import annotations
 
+from sorth import _peft_hook
 from sorth.blockdiag import blockdiag_apply, blockdiag_to_dense
 from sorth.errors import (
     BlockSizeError,
@@ -46,12 +47,30 @@ from sorth.permutations import (
 
 __version__ = "0.1.0"
 
+_TUNER_EXPORTS = ("SOrthConfig", "SOrthModel")
+
+
+def __getattr__(name: str):
+    """Lazy ``sorth.SOrthConfig`` / ``sorth.SOrthModel``: importing them imports PEFT."""
+    if name in _TUNER_EXPORTS:
+        import sorth.tuner
+
+        return getattr(sorth.tuner, name)
+    raise AttributeError(f"module 'sorth' has no attribute {name!r}")
+
+
+# Note [registration] (sorth/_peft_hook.py): register with PEFT now if it is imported, else
+# right after it is; plain `import sorth` never imports PEFT itself.
+_peft_hook.install()
+
 __all__ = [
     "BlockSizeError",
     "GSMatrix",
     "GSOrthogonal",
     "MethodError",
     "PermutationError",
+    "SOrthConfig",
+    "SOrthModel",
     "SOrthValueError",
     "ShapeError",
     "__version__",

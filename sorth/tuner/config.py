@@ -1,0 +1,192 @@
+"""``SOrthConfig``: the PEFT config of GSOFT / Double GSOFT adapters.
+
+One adapter on a layer with weight ``W`` (``d_out × d_in`` in PyTorch's ``out × in`` layout)::
+
+    side="input"  (GSOFT):         y = s ⊙ (W · A · x) + bias
+    side="output":                 y = s ⊙ (A_out · W · x) + bias
+    side="both"   (Double GSOFT):  y = s ⊙ (A_out · W · A_in · x) + bias
+
+``A = Pᵀ L P R`` (``structure="gs"``, ``P = P_(r, n)``, paper.md §3) is an orthogonal GS matrix
+owned by a :class:`sorth.GSOrthogonal`; ``s`` is a learnable per-output scale (``scale=True``).
+Merging gives ``W' = diag(s) · A_out · W · A_in``; see :mod:`sorth.tuner.layer`.
+
+Notation (paper → here): ``r`` → ``nblocks``, ``b`` → ``block_size``, ``n = r · b``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft.config import PeftConfig
+
+from sorth.errors import BlockSizeError, SOrthValueError, check_choice, check_positive_int
+from sorth.orthogonal import METHODS
+from sorth.parametrizations import STORAGES, STRUCTURES
+
+__all__ = ["BIASES", "CONV_SIDES", "SIDES", "SOrthConfig"]
+
+SIDES: tuple[str, ...] = ("input", "output", "both")
+CONV_SIDES: tuple[str, ...] = ("filter", "channels")
+BIASES: tuple[str, ...] = ("none", "all", "sorth_only")
+
+
+@dataclass
+class SOrthConfig(PeftConfig):
+    """Configuration of a sorth (GSOFT / Double GSOFT) adapter.
+
+    Exactly one of ``block_size`` / ``nblocks`` must be given; it applies to every targeted
+    module and to both sides of a Double GSOFT adapter. Every value is checked here, when the
+    config is built, and every target module's size is checked before the model is touched.
+
+    Example:
+        >>> cfg = SOrthConfig(target_modules=["q_proj", "v_proj"], block_size=8)
+        >>> model = get_peft_model(model, cfg)  # doctest: +SKIP
+    """
+
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Module names (list: exact or suffix match) or a regex (str) to adapt; "
+            "'all-linear' "
+            "targets every Linear / Conv1D except the output head; None uses PEFT's defaults."
+        },
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "Module names or a regex to exclude from target_modules."}
+    )
+    block_size: int | None = field(
+        default=None, metadata={"help": "b: size of each orthogonal block (or give nblocks)."}
+    )
+    nblocks: int | None = field(
+        default=None, metadata={"help": "r: blocks per factor, b = n / r (or give block_size)."}
+    )
+    structure: Literal["gs", "oft", "butterfly", "monarch"] = field(
+        default="gs",
+        metadata={
+            "help": "'gs': A = Pᵀ L P R (GSOFT, dense with 2 factors when b ≥ r); 'oft': "
+            "block-diagonal; "
+            "'butterfly': BOFT's block butterfly with n_factors; 'monarch': P L Pᵀ R."
+        },
+    )
+    n_factors: int | None = field(
+        default=None,
+        metadata={"help": "Factors for 'gs' (default 2) and 'butterfly' (default 1 + ⌈log2 r⌉)."},
+    )
+    side: Literal["input", "output", "both"] = field(
+        default="input", metadata={"help": "'input' (GSOFT), 'output', or 'both' (Double GSOFT)."}
+    )
+    scale: bool = field(
+        default=True,
+        metadata={"help": "Learnable per-output-feature scale s (initialised to ones)."},
+    )
+    method: Literal["cayley", "expm", "cayley_neumann"] = field(
+        default="cayley",
+        metadata={
+            "help": "Orthogonal map of each block: exact Cayley solve, matrix exponential, or "
+            "Neumann."
+        },
+    )
+    neumann_terms: int = field(
+        default=5, metadata={"help": "Terms of the truncated Neumann series (cayley_neumann only)."}
+    )
+    storage: Literal["skew", "full"] = field(
+        default="skew",
+        metadata={
+            "help": "'skew': b(b−1)/2 free entries per block; 'full': b×b per block as the "
+            "paper's code "
+            "counts (the symmetric half gets no gradient)."
+        },
+    )
+    module_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Training only: each orthogonal block is replaced by the identity with "
+            "this prob."
+        },
+    )
+    conv_side: Literal["filter", "channels"] = field(
+        default="filter",
+        metadata={
+            "help": "Conv2d input side: 'filter' rotates the flattened C/groups·kh·kw filter "
+            "(like OFT/BOFT); "
+            "'channels' rotates the input channels on the activations (groups=1 only)."
+        },
+    )
+    bias: Literal["none", "all", "sorth_only"] = field(
+        default="none",
+        metadata={
+            "help": "Biases to train: none, all biases, or those of adapted layers ('sorth_only')."
+        },
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "True: identity adapter (A = I, s = 1). False: random non-identity (for tests)."
+        },
+    )
+    init_std: float = field(
+        default=0.1, metadata={"help": "Std of the random generators when init_weights=False."}
+    )
+    fan_in_fan_out: bool = field(
+        default=False,
+        metadata={
+            "help": "Weight stored as (in, out), e.g. transformers Conv1D (set automatically)."
+        },
+    )
+    layers_to_transform: list[int] | int | None = field(
+        default=None,
+        metadata={"help": "Only adapt these layer indices (needs a layers_pattern match)."},
+    )
+    layers_pattern: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Name of the ModuleList holding the layers, e.g. 'layers' or 'h'."},
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Extra modules (e.g. a classifier head) trained fully and saved with the "
+            "adapter."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        from sorth.tuner.registration import sorth_peft_type
+
+        super().__post_init__()
+        self.peft_type = sorth_peft_type()
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
+        self._validate()
+
+    def _validate(self) -> None:
+        if (self.block_size is None) == (self.nblocks is None):
+            raise BlockSizeError(
+                f"give exactly one of block_size ({self.block_size}) or nblocks ({self.nblocks}); "
+                "e.g. SOrthConfig(block_size=8) as in the paper's GLUE runs or nblocks=32 for SD."
+            )
+        if self.block_size is not None:
+            check_positive_int("block_size", self.block_size)
+        if self.nblocks is not None:
+            check_positive_int("nblocks", self.nblocks)
+        if self.n_factors is not None:
+            check_positive_int("n_factors", self.n_factors)
+        check_choice("structure", self.structure, STRUCTURES)
+        check_choice("side", self.side, SIDES)
+        check_choice("method", self.method, METHODS)
+        check_choice("storage", self.storage, STORAGES)
+        check_choice("conv_side", self.conv_side, CONV_SIDES)
+        check_choice("bias", self.bias, BIASES)
+        check_positive_int("neumann_terms", self.neumann_terms)
+        if not 0.0 <= float(self.module_dropout) < 1.0:
+            raise SOrthValueError(
+                f"module_dropout={self.module_dropout} must be in [0, 1); 0 disables it."
+            )
+        if float(self.init_std) <= 0:
+            raise SOrthValueError(f"init_std={self.init_std} must be positive.")
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise SOrthValueError(
+                f"layers_pattern={self.layers_pattern!r} needs layers_to_transform as well."
+            )

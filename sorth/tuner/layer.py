@@ -1,0 +1,375 @@
+"""sorth tuner layers: one shared base (:class:`SOrthLayer`) does all the math.
+
+For a base weight ``W`` (``d_out × d_in``) and the active adapters ``1 … k`` in order, the
+adapted weight is built adapter by adapter (``W_0 = W``)::
+
+    W_j = diag(s_j) · A_out_j · W_{j-1} · A_in_j          (A = I for a side that is off)
+
+The forward never materialises ``W_k`` or any dense ``A``: it rotates the input activations
+(``A_in_k`` first, ``A_in_1`` last), runs the frozen layer without its bias, then applies
+``A_out_1, s_1, …, A_out_k, s_k`` and finally adds the bias. Merging applies the same recursion
+to the weight (so several active adapters merge in the order they are applied) and unmerging
+inverts it with ``Aᵀ`` (the factors are orthogonal; never ``linalg.inv``) and ``1 / s``.
+
+Weight layouts: a layer names the weight dims holding the in- and out-features
+(``_w_in_dim``, ``_w_out_dim``) and the activation dim of its features (``_act_dim``). "Rows"
+below are the weight with the rotated dim moved last, so that ``W · A`` is ``rows @ A``.
+
+Conv2d with ``conv_side="filter"`` rotates the flattened ``C/groups·kh·kw`` filter; that
+rotation cannot act on activations (patches overlap), so it is applied to the weight inside
+the forward with the GS factors (``O(d_out·d·b)``, no dense ``d × d``). This is exact for any
+kernel, stride, padding, dilation, padding_mode and groups; ``conv_side="channels"`` rotates
+the input channels on the activations (exact for the same reasons; ``groups=1``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D as HFConv1D
+
+from sorth.errors import SOrthValueError
+from sorth.gs import GSMatrix
+from sorth.parametrizations import GSOrthogonal
+
+__all__ = ["Conv1D", "Conv2d", "Linear", "SOrthLayer", "dispatch_layer_class"]
+
+NAN_MESSAGE = "NaNs detected in the merged weights. The adapter {} seems to be broken"
+
+
+def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> GSOrthogonal:
+    return GSOrthogonal(
+        n,
+        nblocks=config.nblocks,
+        block_size=config.block_size,
+        method=config.method,
+        structure=config.structure,
+        n_factors=config.n_factors,
+        neumann_terms=config.neumann_terms,
+        storage=config.storage,
+        block_dropout=config.module_dropout,
+        device=device,
+    )
+
+
+class SOrthLayer(BaseTunerLayer):
+    """Shared base of the sorth layers (PEFT ``BaseTunerLayer`` contract).
+
+    Per adapter name: ``sorth_in[name]`` / ``sorth_out[name]`` (:class:`sorth.GSOrthogonal` on
+    the in- / out-features, present according to ``side``), ``sorth_s[name]`` (``(d_out,)``
+    scale, if ``scale``) and ``sorth_on_weight[name]`` (input rotation applied to the weight).
+    """
+
+    adapter_layer_names: tuple[str, ...] = ("sorth_in", "sorth_out", "sorth_s")
+    other_param_names: tuple[str, ...] = ("sorth_on_weight",)
+    _w_in_dim: int = 1
+    _w_out_dim: int = 0
+    _act_dim: int = -1
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.sorth_in = nn.ModuleDict()
+        self.sorth_out = nn.ModuleDict()
+        self.sorth_s = nn.ParameterDict()
+        self.sorth_on_weight: dict[str, bool] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.in_features, self.out_features = self._feature_sizes(base_layer)
+
+    # ----------------------------------------------------------------- per-type hooks
+    @staticmethod
+    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
+        return base.in_features, base.out_features
+
+    def _input_rotation_size(self, config: Any) -> tuple[int, bool]:
+        """``(d, on_weight)``: size of the input rotation and whether it acts on the weight."""
+        return self.in_features, False
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The frozen layer without its bias, with ``weight`` in the base layout."""
+        raise NotImplementedError
+
+    def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:
+        return W.movedim(self._w_in_dim, -1)
+
+    def _from_in_rows(self, T: torch.Tensor, like: torch.Tensor, on_weight: bool) -> torch.Tensor:
+        return T.movedim(-1, self._w_in_dim)
+
+    def _check_layer(self, config: Any) -> None:
+        """Raise for layer/config combinations whose math does not hold (default: none)."""
+
+    # ------------------------------------------------------------------------ set-up
+    def update_layer(
+        self, adapter_name: str, config: Any, inference_mode: bool = False, **_
+    ) -> None:
+        """Create adapter ``adapter_name`` from a :class:`SOrthConfig` (checked first)."""
+        rot_in, rot_out, on_weight = self.build_rotations(config)
+        if rot_in is not None:
+            self.sorth_in[adapter_name] = rot_in
+        if rot_out is not None:
+            self.sorth_out[adapter_name] = rot_out
+        if config.scale:
+            self.sorth_s[adapter_name] = nn.Parameter(torch.ones(self.out_features))
+        self.sorth_on_weight[adapter_name] = on_weight
+        if not config.init_weights:
+            self._random_init(adapter_name, config.init_std)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def build_rotations(
+        self, config: Any, device: torch.device | str | None = None
+    ) -> tuple[GSOrthogonal | None, GSOrthogonal | None, bool]:
+        """``(A_in, A_out, on_weight)`` for ``config``; raises a :class:`SOrthValueError`."""
+        self._check_layer(config)
+        d_in, on_weight = self._input_rotation_size(config)
+        rot_in = _rotation(d_in, config, device) if config.side in ("input", "both") else None
+        rot_out = (
+            _rotation(self.out_features, config, device)
+            if config.side in ("output", "both")
+            else None
+        )
+        return rot_in, rot_out, on_weight
+
+    @torch.no_grad()
+    def _random_init(self, adapter_name: str, std: float) -> None:
+        for rotations in (self.sorth_in, self.sorth_out):
+            if adapter_name in rotations:
+                rotations[adapter_name].reset_parameters("random", std=std)
+        if adapter_name in self.sorth_s:
+            s = self.sorth_s[adapter_name]
+            s.add_(torch.randn_like(s) * std)
+
+    # ---------------------------------------------------------------------- helpers
+    def _present(self, adapters: list[str]) -> list[str]:
+        return [a for a in adapters if a in self.sorth_on_weight]
+
+    def _matrix(self, table: nn.ModuleDict, name: str, dtype: torch.dtype) -> GSMatrix | None:
+        return table[name].matrix(dtype=dtype) if name in table else None
+
+    def _along_act(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
+        """Reshape a per-feature vector to broadcast along the activation feature dim."""
+        shape = [1] * ndim
+        shape[self._act_dim] = -1
+        return v.view(shape)
+
+    def _rotate_act(self, h: torch.Tensor, A: GSMatrix) -> torch.Tensor:
+        return A.apply(h.movedim(self._act_dim, -1)).movedim(-1, self._act_dim)
+
+    def _adapter_dtype(self, name: str) -> torch.dtype:
+        for table in (self.sorth_in, self.sorth_out, self.sorth_s):
+            if name in table:
+                item = table[name]
+                return item.dtype if isinstance(item, torch.Tensor) else item.params[0].dtype
+        return torch.float32
+
+    # ---------------------------------------------------------------------- forward
+    def _sorth_forward(self, x: torch.Tensor, adapters: list[str]) -> torch.Tensor:
+        """``s_k ⊙ A_out_k ⋯ s_1 ⊙ A_out_1 · W · A_in_1 ⋯ A_in_k · x + bias``."""
+        base = self.get_base_layer()
+        previous_dtype = x.dtype
+        W = self.get_base_weight()
+        for name in reversed(adapters):  # innermost input rotation first
+            A = self._matrix(self.sorth_in, name, self._adapter_dtype(name))
+            if A is None:
+                continue
+            if self.sorth_on_weight[name]:
+                W = self._from_in_rows(self._in_rows(W, True).to(A.dtype) @ A, W, True)
+            else:
+                x = self._rotate_act(self._cast_input_dtype(x, A.dtype), A)
+        W = W.to(base.weight.dtype)
+        h = self._linear(x.to(W.dtype), W)
+        for name in adapters:
+            dtype = self._adapter_dtype(name)
+            A = self._matrix(self.sorth_out, name, dtype)
+            if A is not None:
+                h = self._rotate_act(h.to(dtype), A)
+            if name in self.sorth_s:
+                h = h * self._along_act(self.sorth_s[name].to(h.dtype), h.dim())
+        if base.bias is not None:
+            h = h + self._along_act(base.bias.to(h.dtype), h.dim())
+        return h.to(previous_dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
+        adapters = self._present(self.active_adapters)
+        if self.merged or not adapters:
+            return self.base_layer(x, *args, **kwargs)
+        return self._sorth_forward(x, adapters)
+
+    def _mixed_batch_forward(
+        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
+    ) -> torch.Tensor:
+        """Sample ``i`` of the batch goes through adapter ``adapter_names[i]`` alone
+        (``"__base__"`` or an adapter absent from this layer: the base layer)."""
+        if self.merged:
+            raise SOrthValueError(
+                "adapter_names= (mixed-adapter batches) needs unmerged adapters; call "
+                "model.unmerge_adapter() first."
+            )
+        if len(adapter_names) != x.shape[0]:
+            raise SOrthValueError(
+                f"adapter_names has {len(adapter_names)} entries for a batch of {x.shape[0]}."
+            )
+        out = None
+        for name in dict.fromkeys(adapter_names):
+            idx = [i for i, a in enumerate(adapter_names) if a == name]
+            sub = x[idx]
+            adapters = self._present([name])
+            y = self._sorth_forward(sub, adapters) if adapters else self.base_layer(sub, *args)
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out[idx] = y.to(out.dtype)
+        return out
+
+    # ------------------------------------------------------------------------ merge
+    def _compute_dtype(self, W: torch.Tensor) -> torch.dtype:
+        return torch.float64 if W.dtype == torch.float64 else torch.float32
+
+    def _apply_to_weight(self, W: torch.Tensor, name: str, inverse: bool) -> torch.Tensor:
+        """``diag(s)·A_out·W·A_in`` (or its inverse) in float32/64, weight in the base layout."""
+        dtype = self._compute_dtype(W)
+        W = W.to(dtype)
+        on_weight = self.sorth_on_weight[name]
+        A_in = self._matrix(self.sorth_in, name, dtype)
+        A_out = self._matrix(self.sorth_out, name, dtype)
+        s = self.sorth_s[name].to(dtype) if name in self.sorth_s else None
+        shape = [1] * W.dim()
+        shape[self._w_out_dim] = -1
+        if inverse and s is not None:
+            W = W / s.view(shape)
+        if A_in is not None:
+            rows = self._in_rows(W, on_weight)
+            rows = A_in.apply(rows) if inverse else rows @ A_in
+            W = self._from_in_rows(rows, W, on_weight)
+        if A_out is not None:
+            rows = W.movedim(self._w_out_dim, -1)
+            rows = rows @ A_out if inverse else A_out.apply(rows)
+            W = rows.movedim(-1, self._w_out_dim)
+        if not inverse and s is not None:
+            W = W * s.view(shape)
+        return W
+
+    def get_merged_weight(self, adapter_name: str) -> torch.Tensor:
+        """``diag(s)·A_out·W·A_in`` for one adapter, in float32 (float64 for float64 bases)."""
+        return self._apply_to_weight(self.get_base_weight(), adapter_name, inverse=False)
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """Additive equivalent of the adapter: merged weight minus the current base weight."""
+        W = self.get_base_weight()
+        return self.get_merged_weight(adapter_name) - W.to(self._compute_dtype(W))
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold the adapters into the base weight, in the order they are applied."""
+        for name in self._present(check_adapters_to_merge(self, adapter_names)):
+            W = self.get_base_weight()
+            merged = self._apply_to_weight(W, name, inverse=False)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(NAN_MESSAGE.format(name))
+            self.set_base_weight(merged.to(W.dtype))
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` (last merged first) with ``Aᵀ`` and ``1/s``."""
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self.sorth_on_weight:
+                W = self.get_base_weight()
+                self.set_base_weight(self._apply_to_weight(W, name, inverse=True).to(W.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Linear(nn.Module, SOrthLayer):
+    """sorth on ``torch.nn.Linear``: weight ``(out, in)``, features on the last dim."""
+
+    forward = SOrthLayer.forward  # nn.Module's placeholders come first in the MRO
+    extra_repr = SOrthLayer.extra_repr
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any):
+        super().__init__()
+        SOrthLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight)
+
+
+class Conv1D(Linear):
+    """sorth on transformers' ``Conv1D`` (GPT-2): weight ``(in, out)`` (``fan_in_fan_out``)."""
+
+    _w_in_dim, _w_out_dim = 0, 1
+
+    @staticmethod
+    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
+        return base.weight.shape[0], base.weight.shape[1]
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x @ weight
+
+
+class Conv2d(Linear):
+    """sorth on ``torch.nn.Conv2d``; weight ``(out, in/groups, kh, kw)``, features on dim 1."""
+
+    _act_dim = 1
+
+    @staticmethod
+    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
+        return base.in_channels, base.out_channels
+
+    def _check_layer(self, config: Any) -> None:
+        groups = self.get_base_layer().groups
+        if groups == 1:
+            return
+        if config.conv_side == "channels" and config.side in ("input", "both"):
+            raise SOrthValueError(
+                f"conv_side='channels' needs groups=1 (got groups={groups}): rotating input "
+                "channels would mix groups; use conv_side='filter'."
+            )
+        if config.side in ("output", "both"):
+            raise SOrthValueError(
+                f"side={config.side!r} rotates output channels, which mixes the groups of a "
+                f"grouped conv (groups={groups}); use side='input'."
+            )
+
+    def _input_rotation_size(self, config: Any) -> tuple[int, bool]:
+        W = self.get_base_layer().weight
+        if config.conv_side == "filter":
+            return W[0].numel(), True
+        return self.in_features, False
+
+    def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:
+        return W.flatten(1) if on_weight else W.movedim(1, -1)
+
+    def _from_in_rows(self, T: torch.Tensor, like: torch.Tensor, on_weight: bool) -> torch.Tensor:
+        return T.view(like.shape) if on_weight else T.movedim(-1, 1)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.get_base_layer()._conv_forward(x, weight, None)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_features}, out_channels={self.out_features}"
+
+
+def dispatch_layer_class(base: nn.Module) -> type[SOrthLayer] | None:
+    """The sorth layer class for a base module, or ``None`` if unsupported."""
+    if isinstance(base, HFConv1D):
+        return Conv1D
+    if isinstance(base, nn.Linear):
+        return Linear
+    if isinstance(base, nn.Conv2d):
+        return Conv2d
+    return None

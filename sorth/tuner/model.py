@@ -1,0 +1,245 @@
+"""``SOrthModel``: the PEFT ``BaseTuner`` that injects sorth layers.
+
+Besides PEFT's generic machinery this adds:
+
+* **Checks before any change** (``_prepare_model``): every module the config targets is checked
+  (supported type, block size dividing its size, conv groups) before the first one is replaced,
+  so a bad config raises naming the module and the value and leaves the model untouched.
+* **Checkpoint keys**: the adapter name sits right after the ``sorth_*`` attribute
+  (``q_proj.sorth_in.default.params.0``); it is removed on save and put back on load (the same
+  convention transformers uses for PEFT keys).
+* **Checkpoint checks on load**: missing, unexpected or mis-shaped adapter tensors (an adapter
+  saved for another model or with another structure) raise :class:`AdapterCheckpointError`
+  naming the key and both shapes; the half-loaded adapter is removed again first.
+* **Mixed-adapter batches**: ``model(x, adapter_names=[...])`` routes each sample through its
+  adapter (``"__base__"``: no adapter), in eval mode.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    _get_submodules,
+    _maybe_include_all_linear_layers,
+)
+from peft.utils import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
+from torch import nn
+
+from sorth.errors import SOrthValueError
+from sorth.tuner.layer import SOrthLayer, dispatch_layer_class
+from sorth.tuner.registration import PREFIX
+
+__all__ = ["AdapterCheckpointError", "SOrthModel", "UnsupportedLayerError"]
+
+SUPPORTED = "torch.nn.Linear, torch.nn.Conv2d and transformers' Conv1D"
+
+
+class UnsupportedLayerError(SOrthValueError):
+    """A targeted module whose type sorth cannot adapt."""
+
+
+class AdapterCheckpointError(SOrthValueError):
+    """An adapter checkpoint that does not fit the model it is loaded into."""
+
+
+def _describe(base: nn.Module) -> str:
+    if isinstance(base, nn.Conv2d):
+        return (
+            f"Conv2d(in_channels={base.in_channels}, out_channels={base.out_channels}, "
+            f"kernel_size={tuple(base.kernel_size)}, groups={base.groups})"
+        )
+    w = getattr(base, "weight", None)
+    return f"{type(base).__name__}(weight={tuple(w.shape) if w is not None else None})"
+
+
+def _adapter_names_hook(module: nn.Module, args: tuple, kwargs: dict, adapter_names: list[str]):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
+
+
+class SOrthModel(BaseTuner):
+    """GSOFT / Double GSOFT adapters on a model (see :class:`sorth.SOrthConfig`).
+
+    Use through PEFT: ``get_peft_model(model, SOrthConfig(...))``.
+    """
+
+    prefix: str = PREFIX
+    tuner_layer_cls = SOrthLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
+
+    # ------------------------------------------------------------------ injection
+    def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
+        """Check every targeted module before the first is replaced (model stays unchanged)."""
+        config = _maybe_include_all_linear_layers(copy.deepcopy(peft_config), model)
+        tuner_prefixes = [
+            n + "." for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)
+        ]
+        for key, module in model.named_modules():
+            if not key or any(key.startswith(p) for p in tuner_prefixes):
+                continue
+            if not self._check_target_module_exists(config, key):
+                continue
+            self._check_target(config, key, module)
+
+    @staticmethod
+    def _check_target(config: Any, key: str, module: nn.Module) -> None:
+        if isinstance(module, BaseTunerLayer) and not isinstance(module, SOrthLayer):
+            raise UnsupportedLayerError(
+                f"target module {key!r} already holds a {type(module).__name__} adapter of "
+                "another PEFT method; sorth cannot stack on it."
+            )
+        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        layer_cls = dispatch_layer_class(base)
+        if layer_cls is None:
+            raise UnsupportedLayerError(
+                f"target module {key!r} is a {type(base).__name__}; sorth supports {SUPPORTED}. "
+                "Remove it from target_modules (or add it to exclude_modules)."
+            )
+        probe = layer_cls.__new__(layer_cls)
+        nn.Module.__init__(probe)
+        SOrthLayer.__init__(probe, base)
+        try:
+            probe.build_rotations(config, device="meta")
+        except SOrthValueError as err:
+            raise type(err)(f"target module {key!r} {_describe(base)}: {err}") from err
+
+    def _create_and_replace(
+        self,
+        peft_config: Any,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(target, SOrthLayer):
+            target.update_layer(
+                adapter_name, peft_config, inference_mode=peft_config.inference_mode
+            )
+            return
+        layer_cls = dispatch_layer_class(target)
+        if layer_cls is None:  # _prepare_model checked this already
+            raise UnsupportedLayerError(f"target module {current_key!r}: supported: {SUPPORTED}.")
+        new_module = layer_cls(target, adapter_name, peft_config)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an additional adapter is not trainable by default
+        self._replace_module(parent, target_name, new_module, target)
+
+    # ------------------------------------------------------------- mixed batches
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise SOrthValueError("adapter_names= works in eval mode only; call model.eval().")
+        known = set()
+        for layer in self.model.modules():
+            if isinstance(layer, SOrthLayer):
+                known |= set(layer.sorth_on_weight)
+        unknown = {a for a in adapter_names if a != "__base__"} - known
+        if unknown:
+            raise SOrthValueError(
+                f"adapter_names contains unknown adapter(s) {sorted(unknown)}; "
+                f"known: {sorted(known)} (or '__base__' for no adapter)."
+            )
+        num_beams = kwargs.get("num_beams")
+        if isinstance(num_beams, int) and num_beams > 1:
+            adapter_names = [a for a in adapter_names for _ in range(num_beams)]
+        hook = partial(_adapter_names_hook, adapter_names=list(adapter_names))
+        handles = [
+            layer.register_forward_pre_hook(hook, with_kwargs=True)
+            for layer in self.model.modules()
+            if isinstance(layer, SOrthLayer)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # --------------------------------------------------------------- checkpoints
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """``lin.sorth_in.default.params.0`` → ``lin.sorth_in.params.0``; ``….sorth_s.default`` →
+        ``….sorth_s`` (other keys, e.g. biases, are unchanged)."""
+        pattern = rf"(\.?{re.escape(PREFIX)}[^.]*)\.{re.escape(adapter_name)}(?=\.|$)"
+        return re.sub(pattern, r"\1", key)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls,
+        model: nn.Module,
+        config: Any,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        remapped = super()._remap_adapter_state_dict_for_load(
+            model, config, adapter_name, state_dict
+        )
+        try:
+            _check_checkpoint(model, adapter_name, remapped)
+        except AdapterCheckpointError:
+            _rollback_adapter(model, adapter_name)
+            raise
+        return remapped
+
+
+def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """Model keys and tensors of one adapter's persistent state."""
+    marker = re.compile(rf"\.{re.escape(PREFIX)}[^.]*\.{re.escape(adapter_name)}(\.|$)")
+    return {k: v for k, v in model.state_dict().items() if marker.search("." + k)}
+
+
+def _check_checkpoint(model: nn.Module, adapter_name: str, loaded: dict[str, torch.Tensor]) -> None:
+    expected = _adapter_tensors(model, adapter_name)
+    prefix = "base_model.model."
+    bare = {k.removeprefix(prefix): v for k, v in loaded.items()}
+    keyed = {k.removeprefix(prefix): v for k, v in expected.items()}
+    missing = sorted(set(keyed) - set(bare))
+    unexpected = sorted(k for k in bare if PREFIX in k and k not in keyed)
+    if missing or unexpected:
+        raise AdapterCheckpointError(
+            f"adapter checkpoint does not match the model for adapter {adapter_name!r}: "
+            f"{len(missing)} missing key(s) (first: {missing[:3]}), {len(unexpected)} unexpected "
+            f"key(s) (first: {unexpected[:3]}). Was it saved for another model or target_modules?"
+        )
+    for key, tensor in keyed.items():
+        got = bare[key]
+        if tuple(got.shape) != tuple(tensor.shape):
+            raise AdapterCheckpointError(
+                f"adapter checkpoint tensor {key!r} has shape {tuple(got.shape)}, the model "
+                f"expects "
+                f"{tuple(tensor.shape)}: it was saved with another block_size/nblocks, structure, "
+                "storage or side; load it with the adapter_config.json it was saved with."
+            )
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            raise AdapterCheckpointError(
+                f"adapter checkpoint tensor {key!r} contains NaN/inf values; the file is corrupted."
+            )
+
+
+def _rollback_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove a half-loaded adapter; layers left without adapters revert to their base layer."""
+    for key, module in list(model.named_modules()):
+        if not isinstance(module, SOrthLayer):
+            continue
+        if adapter_name in module._all_available_adapter_names():
+            module.delete_adapter(adapter_name)
+        if not module._all_available_adapter_names():
+            parent, _, name = _get_submodules(model, key)
+            setattr(parent, name, module.get_base_layer())
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict):
+        peft_config.pop(adapter_name, None)
