@@ -20,7 +20,7 @@ def blockdiag_apply(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 
     One batched matmul over the ``k`` blocks (``einsum`` lowers to ``bmm``); no dense matrix.
     """
-    k, b_out, b_in = blocks.shape
+    k, _, b_in = blocks.shape  # (k, b_out, b_in)
     xb = x.unflatten(-1, (k, b_in))  # (..., k, b_in)
     y = torch.einsum("...ki,koi->...ko", xb, blocks)  # (..., k, b_out)
     return y.flatten(-2)  # (..., k·b_out)

@@ -10,8 +10,8 @@ __all__ = [
     "BlockSizeError",
     "MethodError",
     "PermutationError",
-    "ShapeError",
     "SOrthValueError",
+    "ShapeError",
     "divisors",
 ]
 

@@ -25,6 +25,7 @@ Legend: ``k`` blocks, ``b`` block size, ``n`` features, ``...`` batch dimensions
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -53,7 +54,9 @@ __all__ = [
 Perm = torch.Tensor | None
 
 
-def gs_apply(x: torch.Tensor, factors: Sequence[torch.Tensor], perms: Sequence[Perm]) -> torch.Tensor:
+def gs_apply(
+    x: torch.Tensor, factors: Sequence[torch.Tensor], perms: Sequence[Perm]
+) -> torch.Tensor:
     """Fast ``A @ x`` on the last dim for ``A = P_{m+1} B_m ··· B_1 P_1``.
 
     Args:
@@ -176,7 +179,8 @@ class GSMatrix:
             if not isinstance(B, torch.Tensor) or B.dim() != 3:
                 shape = tuple(B.shape) if isinstance(B, torch.Tensor) else type(B).__name__
                 raise ShapeError(
-                    f"factor {i} has shape {shape}; expected a (nblocks, block_out, block_in) tensor."
+                    f"factor {i} has shape {shape}; expected a (nblocks, block_out, block_in) "
+                    "tensor."
                 )
         perms = [None] * (len(factors) + 1) if perms is None else list(perms)
         if len(perms) != len(factors) + 1:
@@ -272,9 +276,11 @@ class GSMatrix:
                 )
         r, b, _ = factors[0].shape
         n = r * b
-        pis = [butterfly_permutation(i, b, n, device=factors[0].device) for i in range(len(factors))]
+        pis = [
+            butterfly_permutation(i, b, n, device=factors[0].device) for i in range(len(factors))
+        ]
         perms: list[Perm] = [pis[0]]
-        for prev, nxt in zip(pis[:-1], pis[1:], strict=True):
+        for prev, nxt in itertools.pairwise(pis):
             perms.append(compose_permutations(invert_permutation(prev), nxt))
         perms.append(invert_permutation(pis[-1]))
         return cls(factors, perms)
@@ -360,7 +366,7 @@ class GSMatrix:
         a, b = other.perms[-1], self.perms[0]
         joint = b if a is None else (a if b is None else compose_permutations(a, b))
         return GSMatrix._trusted(
-            other.factors + self.factors, other.perms[:-1] + [joint] + self.perms[1:]
+            other.factors + self.factors, [*other.perms[:-1], joint, *self.perms[1:]]
         )
 
     def to_dense(self) -> torch.Tensor:
@@ -482,7 +488,8 @@ def _project(A: torch.Tensor, like: GSMatrix) -> GSMatrix:
     M = A if P_L is None else A[invert_permutation(P_L)]  # P_Lᵀ A
     M = M if P_R is None else M[:, P_R]  # (P_Lᵀ A) P_Rᵀ
     blocks = M.reshape(kL, bL1, kR, bR2).permute(0, 2, 1, 3)  # (kL, kR, bL1, bR2)
-    U, S, Vh = torch.linalg.svd(blocks, full_matrices=False)  # (kL,kR,bL1,q) (kL,kR,q) (kL,kR,q,bR2)
+    # U: (kL, kR, bL1, q), S: (kL, kR, q), Vh: (kL, kR, q, bR2), q = min(bL1, bR2)
+    U, S, Vh = torch.linalg.svd(blocks, full_matrices=False)
     q = S.shape[-1]
     i, sigma = _inner_map(P, kR * bR1, A.device)
     k1, k2 = sigma // bL2, i // bR1

@@ -72,7 +72,9 @@ def unpack_skew(p: torch.Tensor, b: int) -> torch.Tensor:
     ``(..., b(b−1)/2) -> (..., b, b)`` with ``K[i, j] = p[idx(i, j)] = −K[j, i]`` for ``i < j``.
     """
     if p.shape[-1] != b * (b - 1) // 2:
-        raise ShapeError(f"expected {b * (b - 1) // 2} packed entries for b={b}, got {p.shape[-1]}.")
+        raise ShapeError(
+            f"expected {b * (b - 1) // 2} packed entries for b={b}, got {p.shape[-1]}."
+        )
     rows, cols = _triu_index(b, p.device)
     K = p.new_zeros(*p.shape[:-1], b, b)
     K[..., rows, cols] = p

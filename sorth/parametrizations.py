@@ -132,7 +132,8 @@ class GSOrthogonal(nn.Module):
             fixed = 1 if structure == "oft" else 2
             if n_factors not in (None, fixed):
                 raise BlockSizeError(
-                    f"structure={structure!r} has exactly {fixed} factor(s); got n_factors={n_factors}."
+                    f"structure={structure!r} has exactly {fixed} factor(s); got "
+                    f"n_factors={n_factors}."
                 )
             return fixed
         if n_factors is None:

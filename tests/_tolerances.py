@@ -38,5 +38,5 @@ def tol_vs_float64(dtype: torch.dtype) -> dict[str, float]:
 
 
 def orth_atol(dtype: torch.dtype, n: int, c: float = 10.0) -> float:
-    """``‖QᵀQ − I‖_max`` allowed for an ``n × n`` orthogonal matrix in ``dtype`` (PyTorch's rule)."""
+    """``‖QᵀQ − I‖_max`` allowed for an ``n × n`` orthogonal matrix in ``dtype`` (PyTorch's)."""
     return c * n * torch.finfo(dtype).eps
