@@ -73,7 +73,8 @@ class GSOrthogonal(nn.Module):
         method: ``"cayley"`` (exact solve), ``"expm"`` or ``"cayley_neumann"``.
         structure: ``"gs"`` (default), ``"oft"``, ``"butterfly"`` or ``"monarch"``.
         n_factors: number of factors for ``"gs"`` (default 2) and ``"butterfly"`` (default
-            ``1 + ⌈log2 r⌉``, the fewest that give a dense matrix).
+            ``1 + ⌈log2 r⌉``, the fewest that give a dense matrix, capped at ``1 + log2`` of the
+            largest power of 2 dividing ``r``, since factor ``i`` needs ``2**i | r``).
         neumann_terms: series length for ``"cayley_neumann"``.
         storage: ``"skew"`` (free entries only) or ``"full"`` (see Note [storage]).
         block_dropout: during training, each block is replaced by the identity with this
@@ -137,7 +138,11 @@ class GSOrthogonal(nn.Module):
                 )
             return fixed
         if n_factors is None:
-            return 2 if structure == "gs" else min_butterfly_factors_for_density(n, b)
+            if structure == "gs":
+                return 2
+            # the fewest factors that make Q dense, capped by what r allows (2**(m-1) | r)
+            max_allowed = 1 + (r & -r).bit_length() - 1
+            return min(min_butterfly_factors_for_density(n, b), max_allowed)
         return check_positive_int("n_factors", n_factors)
 
     def _param_shape(self, k: int, b: int) -> tuple[int, ...]:

@@ -118,6 +118,14 @@ def test_butterfly_default_factors_are_dense() -> None:
     assert g.num_parameters * 2 == q.num_parameters
 
 
+def test_butterfly_default_factors_capped_by_block_count() -> None:
+    q = sorth.GSOrthogonal(768, block_size=64, structure="butterfly")  # r = 12 = 4 * 3
+    assert q.n_factors == 3  # dense would need 5, but factor i needs 2**i | 12
+    assert q.matrix().density() < 1.0
+    with pytest.raises(BlockSizeError, match=r"2\*\*3 to divide the number of blocks"):
+        sorth.GSOrthogonal(768, block_size=64, structure="butterfly", n_factors=4)
+
+
 def test_block_dropout_replaces_blocks_by_identity() -> None:
     q = sorth.GSOrthogonal(64, nblocks=8, structure="oft", block_dropout=0.5)
     q.reset_parameters("random", std=0.5)
