@@ -73,6 +73,14 @@ def reshaped_kernel_views(L: torch.Tensor) -> list[torch.Tensor]:
     ]
 
 
+def _group_mv(M: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``M[j] @ u[j]`` per group: ``(g, m, n), (g, n) -> (g, m)``.
+
+    A loop of ``mv`` (gemv) is ~10× faster on CPU than ``bmm`` with a 1-column right side.
+    """
+    return torch.stack([torch.mv(Mj, uj) for Mj, uj in zip(M, u, strict=True)])
+
+
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -231,8 +239,13 @@ class SOC2d(nn.Module):
     # ------------------------------------------------------------------ parameters
     @torch.no_grad()
     def reset_parameters(self, *, generator: torch.Generator | None = None) -> None:
-        """``M ~ N(0, 1/C)`` (SOC's init), bias ``U(±1/√out)``, fresh power iteration."""
+        """``M ~ N(0, 1/C)`` (SOC's init), bias ``U(±1/√out)``, fresh power iteration.
+
+        On the ``meta`` device (shape-only models, e.g. to count parameters) nothing is drawn.
+        """
         w = self.weight
+        if w.is_meta:
+            return
         w.copy_(torch.randn(w.shape, generator=generator, dtype=w.dtype) / self.max_channels**0.5)
         if self.bias is not None:
             bound = self.out_channels**-0.5
@@ -254,14 +267,14 @@ class SOC2d(nn.Module):
         for i, M in enumerate(mats):
             u, v = getattr(self, f"u{i}"), getattr(self, f"v{i}")
             for _ in range(n_iter):
-                v.copy_(_normalize(torch.einsum("gmn,gn->gm", M, u)))
-                u.copy_(_normalize(torch.einsum("gmn,gm->gn", M, v)))
+                v.copy_(_normalize(_group_mv(M, u)))  # (g, m)
+                u.copy_(_normalize(_group_mv(M.mT, v)))  # (g, n)
 
     def sigma(self, L: torch.Tensor | None = None) -> torch.Tensor:
         """Per-group estimate ``σ(L)`` (differentiable in ``L``): ``(g,)``; see Note [soc bound]."""
         L = self.skew_weight() if L is None else L
         est = [
-            torch.einsum("gm,gmn,gn->g", getattr(self, f"v{i}"), M, getattr(self, f"u{i}"))
+            (getattr(self, f"v{i}") * _group_mv(M, getattr(self, f"u{i}"))).sum(-1)
             for i, M in enumerate(reshaped_kernel_views(L))
         ]
         return torch.stack(est).amin(0)
