@@ -26,6 +26,9 @@ __all__ = ["install"]
 
 
 def _register() -> None:
+    tuner = sys.modules.get("sorth.tuner")
+    if tuner is not None and getattr(tuner.__spec__, "_initializing", False):
+        return  # `import sorth.tuner` itself imported peft; it registers when it finishes
     try:
         importlib.import_module("sorth.tuner").register()
     except Exception as err:  # never break `import peft` because of sorth

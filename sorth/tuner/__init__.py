@@ -8,8 +8,9 @@ PEFT itself (Note [registration] in :mod:`sorth._peft_hook`).
 from __future__ import annotations
 
 from sorth.tuner.config import SOrthConfig
+from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
 from sorth.tuner.layer import Conv1D, Conv2d, Linear, SOrthLayer
-from sorth.tuner.model import AdapterCheckpointError, SOrthModel, UnsupportedLayerError
+from sorth.tuner.model import SOrthModel
 from sorth.tuner.registration import register
 
 __all__ = [

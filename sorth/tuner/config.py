@@ -15,6 +15,7 @@ Notation (paper → here): ``r`` → ``nblocks``, ``b`` → ``block_size``, ``n 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +24,7 @@ from peft.config import PeftConfig
 from sorth.errors import BlockSizeError, SOrthValueError, check_choice, check_positive_int
 from sorth.orthogonal import METHODS
 from sorth.parametrizations import STORAGES, STRUCTURES
+from sorth.tuner.errors import check_adapter_file
 
 __all__ = ["BIASES", "CONV_SIDES", "SIDES", "SOrthConfig"]
 
@@ -190,3 +192,18 @@ class SOrthConfig(PeftConfig):
             raise SOrthValueError(
                 f"layers_pattern={self.layers_pattern!r} needs layers_to_transform as well."
             )
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs
+    ) -> SOrthConfig:
+        """PEFT's loader, plus a check that a local ``adapter_model.safetensors`` is readable.
+
+        ``PeftModel.from_pretrained`` / ``load_adapter`` read the config *before* they inject the
+        adapter, so a truncated or corrupted weights file is reported here, with the model still
+        unchanged, instead of failing half-way through (see :func:`check_adapter_file`).
+        """
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder, **kwargs)
+        path = str(pretrained_model_name_or_path)
+        check_adapter_file(os.path.join(path, subfolder) if subfolder else path)
+        return config

@@ -35,20 +35,13 @@ from peft.utils import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
 from torch import nn
 
 from sorth.errors import SOrthValueError
+from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
 from sorth.tuner.layer import SOrthLayer, dispatch_layer_class
 from sorth.tuner.registration import PREFIX
 
 __all__ = ["AdapterCheckpointError", "SOrthModel", "UnsupportedLayerError"]
 
 SUPPORTED = "torch.nn.Linear, torch.nn.Conv2d and transformers' Conv1D"
-
-
-class UnsupportedLayerError(SOrthValueError):
-    """A targeted module whose type sorth cannot adapt."""
-
-
-class AdapterCheckpointError(SOrthValueError):
-    """An adapter checkpoint that does not fit the model it is loaded into."""
 
 
 def _describe(base: nn.Module) -> str:
@@ -78,7 +71,11 @@ class SOrthModel(BaseTuner):
 
     # ------------------------------------------------------------------ injection
     def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
-        """Check every targeted module before the first is replaced (model stays unchanged)."""
+        """Check every targeted module before the first is replaced (model stays unchanged).
+
+        Also records each parameter's ``requires_grad``, so a failed load can restore it.
+        """
+        self._requires_grad_before = [(p, p.requires_grad) for p in model.parameters()]
         config = _maybe_include_all_linear_layers(copy.deepcopy(peft_config), model)
         tuner_prefixes = [
             n + "." for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)
@@ -217,16 +214,17 @@ def _check_checkpoint(model: nn.Module, adapter_name: str, loaded: dict[str, tor
         )
     for key, tensor in keyed.items():
         got = bare[key]
+        name = SOrthModel._remove_adapter_name_from_key(key, adapter_name)
         if tuple(got.shape) != tuple(tensor.shape):
             raise AdapterCheckpointError(
-                f"adapter checkpoint tensor {key!r} has shape {tuple(got.shape)}, the model "
-                f"expects "
-                f"{tuple(tensor.shape)}: it was saved with another block_size/nblocks, structure, "
-                "storage or side; load it with the adapter_config.json it was saved with."
+                f"adapter checkpoint tensor {name!r} has shape {tuple(got.shape)}, the model "
+                f"expects {tuple(tensor.shape)}: was it saved for another model (other layer "
+                "sizes) or with another block_size/nblocks, structure, storage or side?"
             )
         if got.is_floating_point() and not torch.isfinite(got).all():
             raise AdapterCheckpointError(
-                f"adapter checkpoint tensor {key!r} contains NaN/inf values; the file is corrupted."
+                f"adapter checkpoint tensor {name!r} contains NaN/inf values; the file is "
+                "corrupted."
             )
 
 
@@ -240,6 +238,10 @@ def _rollback_adapter(model: nn.Module, adapter_name: str) -> None:
         if not module._all_available_adapter_names():
             parent, _, name = _get_submodules(model, key)
             setattr(parent, name, module.get_base_layer())
+    for tuner in model.modules():
+        if isinstance(tuner, SOrthModel):
+            for param, flag in getattr(tuner, "_requires_grad_before", []):
+                param.requires_grad_(flag)
     peft_config = getattr(model, "peft_config", None)
     if isinstance(peft_config, dict):
         peft_config.pop(adapter_name, None)
