@@ -3,6 +3,7 @@ user sees without ``import sorth``, config round trip, lazy exports."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
         text=True,
         check=False,
         cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 

@@ -1,0 +1,97 @@
+"""dtype matrix: fp32 / bf16 / fp16 / fp64 base models with (by default) fp32 adapters.
+
+Low-precision runs are compared with a float32 run of the same weights using
+``tol_vs_float64(dtype)`` (one rounding per op of the low-precision type); merged vs unmerged in
+the same dtype uses the same table, since merging rounds the weight once more."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+
+from sorth import SOrthConfig
+from tests._tolerances import tol, tol_vs_float64
+from tests.tuner._models import MLP, ModelConv1D, ModelConv2D
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+CASES = {
+    "mlp": (MLP, lambda: torch.randn(6, 16), {"target_modules": ["lin0", "lin1"]}),
+    "conv1d": (ModelConv1D, lambda: torch.randn(2, 3, 16), {"target_modules": ["conv1d"]}),
+    "conv2d": (
+        lambda: ModelConv2D(padding=1),
+        lambda: torch.randn(2, 8, 7, 7),
+        {"target_modules": ["conv"], "side": "both"},
+    ),
+}
+
+
+def _pair(name: str, dtype: torch.dtype, **kw):
+    """The same adapted model in float32 and in ``dtype`` (base cast, adapter autocast)."""
+    build, inputs, cfg = CASES[name]
+    torch.manual_seed(0)
+    base = build().eval()
+    x = inputs()
+    config = SOrthConfig(**cfg, block_size=4, init_weights=False)
+    ref = get_peft_model(copy.deepcopy(base), config).eval()
+    low = copy.deepcopy(ref).to(dtype)  # base and adapter in dtype ...
+    if kw.get("autocast_adapter", True):
+        for n, p in low.named_parameters():  # ... adapter back to fp32, as PEFT's autocast does
+            if "sorth_" in n:
+                p.data = p.data.float() if dtype != torch.float64 else p.data
+    return ref, low, x
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_merge_in_dtype(name: str, dtype: torch.dtype) -> None:
+    ref, low, x = _pair(name, dtype)
+    # the float32 reference limits the comparison for float64 runs
+    vs_ref = tol_vs_float64(torch.float32 if dtype == torch.float64 else dtype)
+    with torch.no_grad():
+        y_ref = ref(x)
+        y = low(x.to(dtype))
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.float(), y_ref, **vs_ref)
+        low.merge_adapter(safe_merge=True)
+        y_merged = low(x.to(dtype))
+        torch.testing.assert_close(y_merged, y, **tol_vs_float64(dtype))
+        low.unmerge_adapter()
+        torch.testing.assert_close(low(x.to(dtype)), y, **tol_vs_float64(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_adapter_dtype(dtype: torch.dtype, tmp_path) -> None:
+    torch.manual_seed(0)
+    cfg = SOrthConfig(target_modules=["lin0", "lin1"], block_size=4)
+    model = get_peft_model(MLP().to(dtype), cfg)
+    adapter = {n: p.dtype for n, p in model.named_parameters() if "sorth_" in n}
+    assert set(adapter.values()) == {torch.float32}
+    kept = get_peft_model(MLP().to(dtype), cfg, autocast_adapter_dtype=False)
+    assert {p.dtype for n, p in kept.named_parameters() if "sorth_" in n} == {dtype}
+    model.train()
+    model(torch.randn(4, 16, dtype=dtype)).float().pow(2).mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "sorth_" in n)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(MLP().to(dtype), tmp_path)
+    assert {p.dtype for n, p in loaded.named_parameters() if "sorth_" in n} == {torch.float32}
+
+
+def test_float32_merge_is_tight() -> None:
+    ref, _, x = _pair("mlp", torch.float32)
+    with torch.no_grad():
+        y = ref(x)
+        ref.merge_adapter()
+        torch.testing.assert_close(ref(x), y, **tol(torch.float32))
+
+
+def test_cpu_autocast_bf16() -> None:
+    ref, _, x = _pair("conv2d", torch.float32)
+    with torch.no_grad():
+        y = ref(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_auto = ref(x)
+    torch.testing.assert_close(y_auto.float(), y, **tol_vs_float64(torch.bfloat16))
