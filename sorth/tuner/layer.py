@@ -35,6 +35,7 @@ from transformers.pytorch_utils import Conv1D as HFConv1D
 from sorth.errors import SOrthValueError
 from sorth.gs import GSMatrix
 from sorth.parametrizations import GSOrthogonal
+from sorth.permutations import invert_permutation
 
 __all__ = ["Conv1D", "Conv2d", "Linear", "SOrthLayer", "dispatch_layer_class"]
 
@@ -54,6 +55,17 @@ def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> 
         block_dropout=config.module_dropout,
         device=device,
     )
+
+
+def _inverse(A: GSMatrix, orthogonal: bool) -> GSMatrix:
+    """``A⁻¹``: ``Aᵀ`` for exactly orthogonal factors (Cayley, expm); block-wise solves for the
+    truncated Neumann series, whose blocks are only approximately orthogonal."""
+    if orthogonal:
+        return A.T
+    eye = torch.eye(A.factors[0].shape[-1], dtype=A.dtype, device=A.device)
+    factors = [torch.linalg.solve(B, eye.expand_as(B)) for B in reversed(A.factors)]
+    perms = [None if P is None else invert_permutation(P) for P in reversed(A.perms)]
+    return GSMatrix._trusted(factors, perms)
 
 
 class SOrthLayer(BaseTunerLayer):
@@ -249,15 +261,19 @@ class SOrthLayer(BaseTunerLayer):
             W = W / s.view(shape)
         if A_in is not None:
             rows = self._in_rows(W, on_weight)
-            rows = A_in.apply(rows) if inverse else rows @ A_in
+            rows = rows @ (self._inv(A_in, name) if inverse else A_in)  # W·A_in, or W·A_in⁻¹
             W = self._from_in_rows(rows, W, on_weight)
         if A_out is not None:
             rows = W.movedim(self._w_out_dim, -1)
-            rows = rows @ A_out if inverse else A_out.apply(rows)
+            rows = (self._inv(A_out, name) if inverse else A_out).apply(rows)  # A_out·W (cols)
             W = rows.movedim(-1, self._w_out_dim)
         if not inverse and s is not None:
             W = W * s.view(shape)
         return W
+
+    def _inv(self, A: GSMatrix, name: str) -> GSMatrix:
+        table = self.sorth_in if name in self.sorth_in else self.sorth_out
+        return _inverse(A, orthogonal=table[name].method != "cayley_neumann")
 
     def get_merged_weight(self, adapter_name: str) -> torch.Tensor:
         """``diag(s)·A_out·W·A_in`` for one adapter, in float32 (float64 for float64 bases)."""
@@ -281,7 +297,8 @@ class SOrthLayer(BaseTunerLayer):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Undo :meth:`merge` (last merged first) with ``Aᵀ`` and ``1/s``."""
+        """Undo :meth:`merge` (last merged first) with ``Aᵀ`` (block solves for Neumann) and
+        ``1/s``."""
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name in self.sorth_on_weight:

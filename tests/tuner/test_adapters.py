@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from sorth import SOrthConfig
+from sorth import GSOrthogonal, SOrthConfig, orthogonality_error
 from sorth.tuner import SOrthLayer
 from tests._tolerances import tol
 from tests.tuner._models import MLP, ModelConv2D, mlp_input
@@ -154,3 +154,18 @@ def test_bias_sorth_only_trains_adapted_biases() -> None:
     cfg_all = SOrthConfig(target_modules=["lin0"], block_size=4, bias="all")
     model = get_peft_model(MLP(), cfg_all)
     assert model.base_model.model.lin1.bias.requires_grad
+
+
+def test_neumann_unmerge_restores_weights_far_from_identity() -> None:
+    # The truncated series is not orthogonal far from I: unmerge must invert, not transpose.
+    torch.manual_seed(0)
+    cfg = SOrthConfig(**LIN, block_size=8, method="cayley_neumann", init_std=0.3, side="both")
+    model = get_peft_model(MLP(), cfg)
+    rotations = [m for m in model.modules() if isinstance(m, GSOrthogonal)]
+    assert max(float(orthogonality_error(q.dense())) for q in rotations) > 1.0  # Aᵀ ≠ A⁻¹
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    model.merge_adapter()
+    model.unmerge_adapter()
+    for n, p in model.named_parameters():
+        if n in weights:
+            torch.testing.assert_close(p.detach(), weights[n], rtol=1e-4, atol=1e-4)
