@@ -133,7 +133,8 @@ class SOrthConfig(PeftConfig):
     fan_in_fan_out: bool = field(
         default=False,
         metadata={
-            "help": "Weight stored as (in, out), e.g. transformers Conv1D (set automatically)."
+            "help": "Weight stored as (in, out): true only for transformers Conv1D. The "
+            "layout is read from the layer type; True on any other layer is an error."
         },
     )
     layers_to_transform: list[int] | int | None = field(

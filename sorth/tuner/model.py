@@ -101,6 +101,12 @@ class SOrthModel(BaseTuner):
                 f"target module {key!r} is a {type(base).__name__}; sorth supports {SUPPORTED}. "
                 "Remove it from target_modules (or add it to exclude_modules)."
             )
+        if config.fan_in_fan_out and layer_cls.__name__ != "Conv1D":
+            raise UnsupportedLayerError(
+                f"fan_in_fan_out=True but target module {key!r} is a {type(base).__name__} "
+                "with an (out, in) weight; sorth reads the layout from the layer type, so leave "
+                "fan_in_fan_out=False (it is only true for transformers' Conv1D)."
+            )
         probe = layer_cls.__new__(layer_cls)
         nn.Module.__init__(probe)
         SOrthLayer.__init__(probe, base)

@@ -75,6 +75,12 @@ def test_unsupported_layer_names_module() -> None:
     _assert_unchanged(model, snap)
 
 
+def test_fan_in_fan_out_on_linear() -> None:
+    cfg = SOrthConfig(target_modules=["lin0"], block_size=4, fan_in_fan_out=True)
+    with pytest.raises(UnsupportedLayerError, match="fan_in_fan_out=True but target module 'lin0'"):
+        get_peft_model(MLP(), cfg)
+
+
 @pytest.mark.parametrize(
     ("conv", "cfg", "match"),
     [
