@@ -169,3 +169,14 @@ def test_neumann_unmerge_restores_weights_far_from_identity() -> None:
     for n, p in model.named_parameters():
         if n in weights:
             torch.testing.assert_close(p.detach(), weights[n], rtol=1e-4, atol=1e-4)
+
+
+def test_load_low_cpu_mem_usage(tmp_path) -> None:
+    model, x, _ = _two_adapters()
+    y_a = _run(model, x, ["default"])
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    loaded = PeftModel.from_pretrained(MLP().eval(), tmp_path, low_cpu_mem_usage=True)
+    assert not any(p.is_meta for p in loaded.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), y_a, rtol=0, atol=0)
