@@ -65,7 +65,7 @@ def _inverse(A: GSMatrix, orthogonal: bool) -> GSMatrix:
     eye = torch.eye(A.factors[0].shape[-1], dtype=A.dtype, device=A.device)
     factors = [torch.linalg.solve(B, eye.expand_as(B)) for B in reversed(A.factors)]
     perms = [None if P is None else invert_permutation(P) for P in reversed(A.perms)]
-    return GSMatrix._trusted(factors, perms)
+    return GSMatrix(factors, perms)
 
 
 class SOrthLayer(BaseTunerLayer):
