@@ -1,0 +1,384 @@
+"""Plumbing shared by every recipe: CLI parsing, one-line errors, atomic saving, checkpoints.
+
+A recipe is ``main(argv)`` decorated with :func:`cli`; its options are a frozen dataclass whose
+fields are declared with :func:`option` (help text, choices, numeric range). Everything the
+recipe writes goes through :func:`atomic_dir` / :func:`atomic_file`, so an interrupted run never
+leaves a half-written adapter, and :func:`save_checkpoint` / :func:`load_checkpoint` make it
+resumable (``--resume_from_checkpoint latest``).
+
+User mistakes (missing folders, unreachable hub ids, empty data, wrong columns, out-of-range
+flags) are raised as :class:`RecipeError` and reported as one line on stderr with exit status 2,
+never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "RecipeError",
+    "StepTimer",
+    "atomic_dir",
+    "atomic_file",
+    "cli",
+    "find_checkpoint",
+    "load_checkpoint",
+    "make_accelerator",
+    "option",
+    "parse_config",
+    "require_dir",
+    "resolve_pretrained",
+    "save_checkpoint",
+    "save_json",
+    "trainable_state_dict",
+]
+
+T = TypeVar("T")
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class RecipeError(Exception):
+    """A user-facing error: printed as one line, exit status 2, no stack trace."""
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> Any:
+    """A dataclass field that becomes one documented command-line flag.
+
+    Args:
+        default: the default value (also shown in ``--help``).
+        help: one sentence for ``--help``.
+        choices: allowed values, checked by argparse.
+        low, high: inclusive numeric range (``low_open`` makes the lower bound strict).
+        low_open: whether ``low`` itself is rejected.
+    """
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
+    if isinstance(default, list | dict):
+        raise TypeError("use tuples, not mutable defaults, for list options")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (no usage block) with exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        _fail(f"{self.prog}: error: {message}", EXIT_USAGE)
+
+
+def _argparse_type(hint: Any) -> tuple[Any, dict[str, Any]]:
+    """Map a dataclass type hint to argparse ``type``/``nargs``/``action`` keywords."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    if origin is tuple:
+        return args[0], {"nargs": "*"}
+    if args and type(None) in args:  # Optional[X]
+        inner = next(a for a in args if a is not type(None))
+        return inner, {}
+    return hint, {}
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None, description: str) -> T:
+    """Parse ``argv`` into the frozen dataclass ``cls`` (every field is a ``--flag``).
+
+    Out-of-range numbers and unknown choices end the program with one line on stderr.
+    """
+    parser = _OneLineParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind, extra = _argparse_type(hints[f.name])
+        kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata["help"], **extra}
+        if kind is not None:
+            kwargs["type"] = kind
+        if f.metadata.get("choices") is not None:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(f"--{f.name}", **kwargs)
+    ns = vars(parser.parse_args(argv))
+    for f in dataclasses.fields(cls):
+        _check_range(parser, f, ns[f.name])
+        if isinstance(ns[f.name], list):
+            ns[f.name] = tuple(ns[f.name])
+    return cls(**ns)
+
+
+def _check_range(parser: _OneLineParser, f: dataclasses.Field, value: Any) -> None:
+    low, high, low_open = f.metadata["low"], f.metadata["high"], f.metadata["low_open"]
+    if value is None or (low is None and high is None):
+        return
+    if low is not None and (value < low or (low_open and value == low)):
+        rule = f"> {low}" if low_open else f">= {low}"
+        parser.error(f"--{f.name}={value} is out of range: it must be {rule}")
+    if high is not None and value > high:
+        parser.error(f"--{f.name}={value} is out of range: it must be <= {high}")
+
+
+def _fail(message: str, code: int) -> typing.NoReturn:
+    if os.environ.get("RANK", "0") == "0":
+        sys.stderr.write(message.rstrip() + "\n")
+        sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def cli(entry: Callable[[Sequence[str] | None], T]) -> Callable[[Sequence[str] | None], T]:
+    """Decorate a recipe's ``main``: :class:`RecipeError` becomes one line and exit status 2."""
+
+    @functools.wraps(entry)
+    def wrapper(argv: Sequence[str] | None = None) -> T:
+        try:
+            return entry(argv)
+        except RecipeError as err:
+            _fail(f"error: {err}", EXIT_USAGE)
+        except KeyboardInterrupt:
+            _fail(
+                "interrupted: finished checkpoints are kept; rerun with "
+                "--resume_from_checkpoint latest to continue",
+                EXIT_INTERRUPTED,
+            )
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def require_dir(path: str | os.PathLike, what: str, *, pattern: str | None = None) -> Path:
+    """Return ``path`` as a folder that exists (and holds a ``pattern`` match), else fail."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise RecipeError(f"{what} '{path}' is not a folder (it does not exist or is a file)")
+    if pattern is not None and not any(p.glob(pattern)):
+        raise RecipeError(f"{what} '{path}' is empty: no files matching '{pattern}' in it")
+    return p
+
+
+def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
+    """A local folder, or a hub id resolved to its local snapshot; otherwise a one-line error.
+
+    A local folder is used as is. Anything that looks like a hub id (``org/name``) is fetched
+    with ``huggingface_hub.snapshot_download`` (only from the local cache when
+    ``HF_HUB_OFFLINE=1``); if that fails the message says the id is unreachable.
+    """
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return str(p)
+    if p.exists():
+        raise RecipeError(f"{what} '{name_or_path}' is a file; pass the model folder instead")
+    if not _HUB_ID.match(name_or_path):
+        raise RecipeError(f"{what} '{name_or_path}' does not exist (no such local folder)")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    try:
+        return snapshot_download(name_or_path, local_files_only=offline)
+    except Exception as err:  # any hub/network failure becomes the one-line message below
+        raise RecipeError(
+            f"{what} '{name_or_path}' is not a local folder and is unreachable on the Hugging "
+            f"Face hub ({type(err).__name__}{', offline mode' if offline else ''}); "
+            "download it first and pass its folder"
+        ) from None
+
+
+# --------------------------------------------------------------------------- atomic saving
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``final``; on success it replaces ``final`` at once.
+
+    On any exception the temporary folder is removed and ``final`` is left untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path next to ``final``; on success ``os.replace`` it into place."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def make_accelerator(
+    *, mixed_precision: str = "no", gradient_accumulation_steps: int = 1, seed: int = 0
+) -> Any:
+    """Create the run's ``accelerate.Accelerator`` and seed every process identically.
+
+    Device and dtype are decided here, once: ``accelerate launch`` (DDP, FSDP, DeepSpeed) or a
+    plain ``python`` run on one device. fp16 needs a GPU; bf16 works on CPU.
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise RecipeError("--mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps
+    )
+    set_seed(seed)
+    return accelerator
+
+
+def trainable_state_dict(model: Any) -> dict[str, Any]:
+    """Detached CPU copies of every parameter with ``requires_grad`` (the adapter + heads)."""
+    return {
+        name: p.detach().to("cpu").contiguous()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def save_checkpoint(
+    accelerator: Any,
+    model: Any,
+    optimizer: Any,
+    step: int,
+    output_dir: str | os.PathLike,
+    *,
+    total_limit: int | None = None,
+    extra: dict[str, Any] | None = None,
+    full_state: bool = False,
+) -> Path:
+    """Save ``checkpoints/checkpoint-{step}`` atomically (main process only), then sync ranks.
+
+    Holds the trainable parameters (or, with ``full_state``, the whole ``state_dict`` including
+    buffers) as safetensors, the optimizer state and ``state.json``; older checkpoints beyond
+    ``total_limit`` are pruned.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"checkpoint-{step}"
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if full_state:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
+        else:
+            tensors = trainable_state_dict(unwrapped)
+        with atomic_dir(final) as tmp:
+            save_file(tensors, tmp / "model.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
+        if total_limit:
+            for old in _checkpoints(root)[:-total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[11:]))
+
+
+def find_checkpoint(output_dir: str | os.PathLike, spec: str | None) -> Path | None:
+    """Resolve ``--resume_from_checkpoint``: ``None``, ``latest`` or a checkpoint folder."""
+    if not spec:
+        return None
+    if spec == "latest":
+        found = _checkpoints(Path(output_dir) / "checkpoints")
+        return found[-1] if found else None
+    p = Path(spec)
+    if not (p / "state.json").is_file():
+        raise RecipeError(f"--resume_from_checkpoint '{spec}' is not a checkpoint folder")
+    return p
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Load a :func:`save_checkpoint` folder into ``model``/``optimizer``; return its state."""
+    import torch
+    from safetensors.torch import load_file
+
+    result = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+    if result.unexpected_keys:
+        raise RecipeError(
+            f"checkpoint {path} does not match this model (e.g. {result.unexpected_keys[0]})"
+        )
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    return json.loads((path / "state.json").read_text())
+
+
+class StepTimer:
+    """Mean wall-clock seconds per optimizer step, ignoring the first (warm-up) step."""
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._times: list[float] = []
+
+    def start(self) -> None:
+        """Mark the beginning of a step."""
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        """Mark the end of a step."""
+        if self._start is not None:
+            self._times.append(time.perf_counter() - self._start)
+            self._start = None
+
+    @property
+    def mean(self) -> float:
+        """Seconds per step (nan before any step)."""
+        times = self._times[1:] or self._times
+        return sum(times) / len(times) if times else float("nan")

@@ -1,0 +1,458 @@
+"""DreamBooth on Stable Diffusion with a sorth adapter (GSOFT, Double GSOFT, ...) or LoRA.
+
+Paper §5.2 defaults: adapters on q, k, v and out.0 of every UNet attention (self and cross),
+AdamW lr 2e-5 (weight decay 0.01), 3000 steps, batch 4, constant lr, gradient clipping 1.0, no
+prior preservation unless asked. Example::
+
+    accelerate launch recipes/dreambooth/train.py --pretrained_model ./stable-diffusion-2-base \\
+        --instance_data_dir ./dog --instance_prompt "a photo of sks dog" \\
+        --method double_gsoft --nblocks 32 --output_dir runs/dog \\
+        --validation_prompts "a photo of sks dog in a bucket" --validation_steps 500
+
+Outputs in ``--output_dir``: ``adapter/`` (``unet/`` and optionally ``text_encoder/`` PEFT
+folders plus ``dreambooth.json``; load with ``integrations.diffusers.load_sorth_into_pipeline``),
+``validation/step-N.png`` grids, ``metrics.json`` and resumable ``checkpoints/checkpoint-N``.
+"""
+
+from __future__ import annotations
+
+if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from integrations.diffusers import save_pipeline_adapter
+from integrations.peft import METHODS, count_parameters, make_peft_config
+from recipes.common import (
+    RecipeError,
+    StepTimer,
+    atomic_dir,
+    atomic_file,
+    cli,
+    find_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    option,
+    parse_config,
+    require_dir,
+    save_checkpoint,
+    save_json,
+)
+from recipes.dreambooth.data import DreamBoothDataset, list_images
+
+__all__ = ["DreamBoothConfig", "image_grid", "load_components", "main", "run"]
+
+
+@dataclass(frozen=True)
+class DreamBoothConfig:
+    """Every option of the DreamBooth recipe (one ``--flag`` each)."""
+
+    pretrained_model: str = option("", "Local diffusers Stable Diffusion folder (required).")
+    instance_data_dir: str = option("", "Folder with the subject's photos (required).")
+    instance_prompt: str = option("a photo of sks dog", "Prompt with the rare identifier.")
+    output_dir: str = option(
+        "", "Folder for the adapter, validation grids, checkpoints (required)."
+    )
+    with_prior_preservation: bool = option(
+        False, "Add the class-prior loss (needs --class_prompt)."
+    )
+    class_prompt: str = option("", "Prompt of the class, e.g. 'a photo of dog'.")
+    class_data_dir: str = option(
+        "", "Class images; missing ones are generated with the base model."
+    )
+    num_class_images: int = option(100, "Class images wanted for prior preservation.", low=1)
+    prior_loss_weight: float = option(1.0, "Weight of the prior-preservation loss.", low=0)
+    sample_batch_size: int = option(4, "Batch size when generating class images.", low=1)
+    method: str = option(
+        "gsoft", "Adapter (sorth structures, lora, peft_oft, peft_boft).", choices=METHODS
+    )
+    nblocks: int = option(
+        32, "Blocks r per orthogonal factor (paper: GSOFT 32/16/8, Double 64/32/16).", low=0
+    )
+    block_size: int = option(0, "Block size b instead of --nblocks (0: use --nblocks).", low=0)
+    rank: int = option(4, "LoRA rank (paper: 4, 32, 128).", low=1)
+    boft_factors: int = option(4, "peft_boft: butterfly factors m.", low=1)
+    scale: bool = option(True, "sorth: learnable per-output scale.")
+    target_modules: tuple[str, ...] = option(
+        ("to_q", "to_k", "to_v", "to_out.0"), "UNet modules to adapt."
+    )
+    train_text_encoder: bool = option(False, "Also adapt the text encoder.")
+    text_encoder_modules: tuple[str, ...] = option(
+        ("q_proj", "k_proj", "v_proj", "out_proj"), "Text-encoder modules to adapt."
+    )
+    resolution: int = option(512, "Training image side (multiple of 8).", low=8)
+    center_crop: bool = option(False, "Center crop instead of random crop.")
+    random_flip: bool = option(False, "Random horizontal flips.")
+    lr: float = option(2e-5, "AdamW learning rate (constant).", low=0, low_open=True)
+    weight_decay: float = option(0.01, "AdamW weight decay.", low=0)
+    max_train_steps: int = option(3000, "Optimizer steps.", low=1)
+    train_batch_size: int = option(4, "Instance images per device and micro-batch.", low=1)
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", low=1)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).", low=0)
+    mixed_precision: str = option(
+        "no", "no, bf16 or fp16 (GPU); adapters stay fp32.", choices=("no", "bf16", "fp16")
+    )
+    seed: int = option(0, "Random seed.", low=0)
+    checkpointing_steps: int = option(
+        500, "Save a resumable checkpoint every N steps (0: off).", low=0
+    )
+    checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
+    resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
+    validation_prompts: tuple[str, ...] = option((), "Prompts rendered every --validation_steps.")
+    validation_steps: int = option(500, "Render validation grids every N steps (0: off).", low=0)
+    num_validation_images: int = option(4, "Images per validation prompt.", low=1)
+    inference_steps: int = option(25, "Sampler steps for validation and class images.", low=1)
+    guidance_scale: float = option(7.0, "Classifier-free guidance scale.", low=0)
+    progress: bool = option(True, "Show tqdm progress bars.")
+
+
+def _check(cfg: DreamBoothConfig) -> None:
+    for name in ("pretrained_model", "instance_data_dir", "output_dir"):
+        if not getattr(cfg, name):
+            raise RecipeError(f"--{name} is required (see --help)")
+    if cfg.with_prior_preservation and not (cfg.class_prompt and cfg.class_data_dir):
+        raise RecipeError("--with_prior_preservation needs --class_prompt and --class_data_dir")
+    if cfg.resolution % 8:
+        raise RecipeError(
+            f"--resolution={cfg.resolution} is out of range: it must be a multiple of 8"
+        )
+
+
+def load_components(path: str, dtype: Any = None) -> dict[str, Any]:
+    """Tokenizer, text encoder, VAE, UNet and DDPM noise scheduler of a local SD folder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    root = require_dir(path, "--pretrained_model")
+    if not (root / "model_index.json").is_file():
+        raise RecipeError(
+            f"--pretrained_model '{path}' is not a diffusers pipeline folder (no model_index.json)"
+        )
+    try:
+        return {
+            "tokenizer": AutoTokenizer.from_pretrained(root, subfolder="tokenizer"),
+            "text_encoder": CLIPTextModel.from_pretrained(
+                root, subfolder="text_encoder", torch_dtype=dtype
+            ),
+            "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype),
+            "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype),
+            "noise_scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
+        }
+    except (OSError, ValueError) as err:
+        raise RecipeError(
+            f"cannot load Stable Diffusion from '{path}': {str(err).splitlines()[0]}"
+        ) from None
+
+
+def _pipeline(path: str, parts: dict[str, Any]) -> Any:
+    """A ``StableDiffusionPipeline`` over ``parts`` with a DPM-Solver sampler, no safety checker."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    sampler = DPMSolverMultistepScheduler.from_pretrained(path, subfolder="scheduler")
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+        unet=parts["unet"], scheduler=sampler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_grid(rows: list[list[Any]]) -> Any:
+    """Paste a list of rows of equally sized PIL images into one image."""
+    from PIL import Image
+
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            grid.paste(img, (j * w, i * h))
+    return grid
+
+
+def _generate(pipe: Any, prompt: str, n: int, cfg: DreamBoothConfig, seed: int) -> list[Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = pipe(
+        prompt, num_images_per_prompt=n, num_inference_steps=cfg.inference_steps,
+        guidance_scale=cfg.guidance_scale, height=cfg.resolution, width=cfg.resolution,
+        generator=gen,
+    )  # fmt: skip
+    return out.images
+
+
+def _class_images(cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any]) -> list[Any]:
+    """Top the class folder up to --num_class_images with base-model samples (main process)."""
+    folder = Path(cfg.class_data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len([p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}])
+    if have < cfg.num_class_images and accelerator.is_main_process:
+        from tqdm.auto import tqdm
+
+        pipe = _pipeline(cfg.pretrained_model, parts)
+        todo = list(range(have, cfg.num_class_images))
+        bar = tqdm(total=len(todo), desc="class images", disable=not cfg.progress)
+        for start in range(0, len(todo), cfg.sample_batch_size):
+            chunk = todo[start : start + cfg.sample_batch_size]
+            for i, img in zip(
+                chunk,
+                _generate(pipe, cfg.class_prompt, len(chunk), cfg, cfg.seed + chunk[0]),
+                strict=True,
+            ):
+                digest = hashlib.sha1(img.tobytes()).hexdigest()[:12]
+                with atomic_file(folder / f"{i}-{digest}.png") as tmp:
+                    img.save(tmp, format="PNG")
+            bar.update(len(chunk))
+        bar.close()
+    accelerator.wait_for_everyone()
+    return list_images(folder, "--class_data_dir")[: cfg.num_class_images]
+
+
+def _adapt(model: Any, cfg: DreamBoothConfig, targets: Sequence[str]) -> Any:
+    from peft import get_peft_model
+
+    try:
+        peft_cfg = make_peft_config(
+            cfg.method, list(targets), block_size=cfg.block_size or None,
+            nblocks=None if cfg.block_size else (cfg.nblocks or None), rank=cfg.rank,
+            boft_factors=cfg.boft_factors, scale=cfg.scale,
+        )  # fmt: skip
+        return get_peft_model(model, peft_cfg)
+    except ValueError as err:
+        raise RecipeError(f"cannot build the {cfg.method} adapter: {err}") from None
+
+
+def _tokenize(tokenizer: Any, prompt: str) -> Any:
+    ids = tokenizer(
+        prompt,
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    )
+    return ids.input_ids[0]
+
+
+def _validate(
+    cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any], step: int
+) -> Path | None:
+    """Render the validation prompts into ``validation/step-N.png`` (main process)."""
+    if not (cfg.validation_prompts and accelerator.is_main_process):
+        return None
+    pipe = _pipeline(cfg.pretrained_model, parts)
+    rows = [
+        _generate(pipe, p, cfg.num_validation_images, cfg, cfg.seed) for p in cfg.validation_prompts
+    ]
+    path = Path(cfg.output_dir) / "validation" / f"step-{step}.png"
+    with atomic_file(path) as tmp:
+        image_grid(rows).save(tmp, format="PNG")
+    return path
+
+
+def _diffusion_loss(
+    batch: dict[str, Any], parts: dict[str, Any], models: dict[str, Any], cfg: DreamBoothConfig
+) -> Any:
+    """Noise-prediction MSE (plus the prior loss on the second half of the batch)."""
+    import torch
+    import torch.nn.functional as F
+
+    vae, sched = parts["vae"], parts["noise_scheduler"]
+    pixels = batch["pixel_values"].to(vae.device, vae.dtype)
+    latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+    noise = torch.randn_like(latents)
+    t = torch.randint(
+        0, sched.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+    )
+    noisy = sched.add_noise(latents, noise, t)
+    hidden = models["text_encoder"](batch["input_ids"])[0]
+    pred = models["unet"](noisy, t, hidden).sample
+    target = (
+        noise
+        if sched.config.prediction_type == "epsilon"
+        else sched.get_velocity(latents, noise, t)
+    )
+    if not cfg.with_prior_preservation:
+        return F.mse_loss(pred.float(), target.float())
+    pred, prior_pred = pred.chunk(2)
+    target, prior_target = target.chunk(2)
+    loss = F.mse_loss(pred.float(), target.float())
+    return loss + cfg.prior_loss_weight * F.mse_loss(prior_pred.float(), prior_target.float())
+
+
+def run(cfg: DreamBoothConfig) -> dict[str, Any]:
+    """Train the adapter, save it, return the metrics written to ``metrics.json``."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    _check(cfg)
+    accelerator = make_accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        seed=cfg.seed,
+    )
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        cfg.mixed_precision, torch.float32
+    )
+    out = Path(cfg.output_dir)
+    instance = list_images(cfg.instance_data_dir, "--instance_data_dir")
+    parts = load_components(cfg.pretrained_model)
+    classes = _class_images(cfg, accelerator, parts) if cfg.with_prior_preservation else []
+    for name in ("vae", "text_encoder", "unet"):
+        parts[name].requires_grad_(False)
+    parts["vae"].to(accelerator.device, weight_dtype)
+    unet = _adapt(parts["unet"], cfg, cfg.target_modules)
+    text_encoder = (
+        _adapt(parts["text_encoder"], cfg, cfg.text_encoder_modules)
+        if cfg.train_text_encoder
+        else parts["text_encoder"].to(accelerator.device, weight_dtype)
+    )
+    trainable_models = {
+        "unet": unet,
+        **({"text_encoder": text_encoder} if cfg.train_text_encoder else {}),
+    }
+    holder = torch.nn.ModuleDict(trainable_models)  # one module for checkpoints
+    params = [p for p in holder.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    tok = parts["tokenizer"]
+    dataset = DreamBoothDataset(
+        instance,
+        _tokenize(tok, cfg.instance_prompt),
+        classes,
+        _tokenize(tok, cfg.class_prompt) if classes else None,
+        resolution=cfg.resolution,
+        center_crop=cfg.center_crop,
+        flip=cfg.random_flip,
+        seed=cfg.seed,
+    )
+    loader = DataLoader(
+        dataset,
+        cfg.train_batch_size,
+        shuffle=True,
+        collate_fn=DreamBoothDataset.collate,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    prepared = accelerator.prepare(*trainable_models.values(), optimizer, loader)
+    models = dict(zip(trainable_models, prepared[: len(trainable_models)], strict=True))
+    models.setdefault("text_encoder", text_encoder)
+    optimizer, loader = prepared[-2:]
+    step, history = 0, []
+    resume = find_checkpoint(out, cfg.resume_from_checkpoint)
+    if resume is not None:
+        state = load_checkpoint(resume, holder, optimizer)
+        step, history = state["step"], state.get("history", [])
+    timer = StepTimer()
+    bar = tqdm(
+        total=cfg.max_train_steps,
+        initial=step,
+        desc=f"dreambooth {cfg.method}",
+        disable=not (cfg.progress and accelerator.is_local_main_process),
+    )
+    for m in trainable_models.values():
+        m.train()
+    per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
+    while step < cfg.max_train_steps:
+        epoch, skip = divmod(step, per_epoch)
+        dataset.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        batches = (
+            accelerator.skip_first_batches(loader, skip * cfg.gradient_accumulation_steps)
+            if skip
+            else loader
+        )
+        timer.start()
+        for batch in batches:
+            with accelerator.accumulate(*trainable_models.values()):
+                loss = _diffusion_loss(batch, parts, models, cfg)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            timer.stop()
+            step += 1
+            history.append({"step": step, "loss": loss.item()})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if cfg.validation_steps and step % cfg.validation_steps == 0:
+                _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
+            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                save_checkpoint(
+                    accelerator,
+                    holder,
+                    optimizer,
+                    step,
+                    out,
+                    total_limit=cfg.checkpoints_total_limit,
+                    extra={"history": history},
+                )
+            if step >= cfg.max_train_steps:
+                break
+            timer.start()
+    bar.close()
+    result = {
+        "config": asdict(cfg),
+        "trainable_parameters": n_trainable,
+        "unet_parameters": count_parameters(parts["unet"])[1],
+        "seconds_per_step": timer.mean,
+        "final_loss": history[-1]["loss"] if history else math.nan,
+        "history": history,
+    }
+    if accelerator.is_main_process:
+        unwrapped = {k: accelerator.unwrap_model(v) for k, v in trainable_models.items()}
+        with atomic_dir(out / "adapter") as tmp:
+            save_pipeline_adapter(tmp, **unwrapped)
+            save_json(
+                {
+                    "base_model": str(Path(cfg.pretrained_model).resolve()),
+                    "method": cfg.method,
+                    "instance_prompt": cfg.instance_prompt,
+                    "resolution": cfg.resolution,
+                },
+                tmp / "dreambooth.json",
+            )
+        save_json(result, out / "metrics.json")
+    accelerator.wait_for_everyone()
+    if cfg.validation_prompts and cfg.validation_steps:
+        result["validation"] = str(
+            _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
+        )
+    return result
+
+
+def _eval_parts(parts: dict[str, Any], models: dict[str, Any], accelerator: Any) -> dict[str, Any]:
+    """Pipeline components with the adapted UNet / text encoder (adapter layers active)."""
+    unwrap = {k: accelerator.unwrap_model(v) for k, v in models.items()}
+    bare = {
+        k: (v.get_base_model() if hasattr(v, "get_base_model") else v) for k, v in unwrap.items()
+    }
+    return {**parts, **bare}
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point (see the module docstring)."""
+    cfg = parse_config(DreamBoothConfig, argv, __doc__.split("\n\n")[0])
+    result = run(cfg)
+    print(
+        f"{cfg.method}: {result['trainable_parameters']:,} trainable parameters, "
+        f"{result['seconds_per_step']:.3f} s/step, final loss {result['final_loss']:.4f}"
+    )
+    print(f"adapter saved to {Path(cfg.output_dir) / 'adapter'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

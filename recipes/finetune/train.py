@@ -1,0 +1,472 @@
+"""Fine-tune a causal LM or a sequence classifier with a sorth adapter or a PEFT baseline.
+
+Examples::
+
+    # GLUE-style classification (paper §5.1: GSOFT b=8 on query, key, value, output.dense,
+    # intermediate.dense; the head is trained fully)
+    python recipes/finetune/train.py --model roberta-base --task seq_cls \\
+        --train_file train.jsonl --eval_file dev.jsonl --method gsoft --block_size 8 \\
+        --output_dir runs/cola-gsoft
+
+    # instruction tuning on prompt/response JSONL, any number of GPUs
+    accelerate launch recipes/finetune/train.py --model ./llama --task causal_lm \\
+        --train_file data.jsonl --method double_gsoft --block_size 16 --output_dir runs/llm
+
+Outputs in ``--output_dir``: ``adapter/`` (final, ``PeftModel.from_pretrained`` after
+``import sorth``), ``best/`` (adapter at the best evaluation), ``merged/`` with
+``--export_merged``, ``metrics.json`` and ``checkpoints/checkpoint-N`` for resuming.
+"""
+
+from __future__ import annotations
+
+if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from integrations.peft import METHODS, count_parameters, make_peft_config
+from recipes.common import (
+    RecipeError,
+    StepTimer,
+    atomic_dir,
+    cli,
+    find_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    option,
+    parse_config,
+    resolve_pretrained,
+    save_checkpoint,
+    save_json,
+)
+from recipes.finetune.data import TextData, load_table, tokenize_causal, tokenize_classification
+
+__all__ = ["FinetuneConfig", "main", "run"]
+
+PRESETS: tuple[tuple[str, ...], ...] = (
+    ("query", "key", "value", "output.dense", "intermediate.dense"),  # BERT / RoBERTa (paper)
+    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),  # Llama, Qwen
+    ("c_attn", "c_proj", "c_fc"),  # GPT-2
+)
+METRICS = ("auto", "accuracy", "f1", "matthews", "pearson", "loss")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Every option of the finetune recipe (one ``--flag`` each)."""
+
+    model: str = option("", "Local model folder or hub id (required).")
+    output_dir: str = option("", "Folder for the adapter, metrics and checkpoints (required).")
+    task: str = option(
+        "seq_cls", "seq_cls (GLUE-style) or causal_lm.", choices=("seq_cls", "causal_lm")
+    )
+    train_file: str = option("", "Training data: .json, .jsonl or .csv (required).")
+    eval_file: str = option("", "Evaluation data; empty: hold out --eval_fraction of train.")
+    eval_fraction: float = option(
+        0.1, "Held-out fraction when --eval_file is empty.", low=0, high=0.9, low_open=True
+    )
+    text_column: str = option("text", "Text column (seq_cls; causal_lm when no prompt column).")
+    text_pair_column: str = option("", "Second text column for sentence-pair tasks (seq_cls).")
+    label_column: str = option("label", "Label column (seq_cls): ints, strings or floats.")
+    prompt_column: str = option("", "causal_lm: prompt column (loss only on the response).")
+    response_column: str = option("response", "causal_lm: response column (with --prompt_column).")
+    train_samples: int = option(0, "Use at most this many training rows (0: all).", low=0)
+    eval_samples: int = option(0, "Use at most this many eval rows (0: all).", low=0)
+    max_length: int = option(128, "Truncate sequences to this many tokens.", low=8)
+    method: str = option("gsoft", "Adapter: sorth structures or PEFT baselines.", choices=METHODS)
+    block_size: int = option(8, "Block size b (sorth, peft_oft, peft_boft).", low=1)
+    nblocks: int = option(
+        0, "Number of blocks r instead of --block_size (sorth; 0: unused).", low=0
+    )
+    rank: int = option(8, "LoRA rank.", low=1)
+    alpha: float = option(0.0, "LoRA alpha (0: equal to --rank).", low=0)
+    boft_factors: int = option(2, "BOFT butterfly factors m.", low=1)
+    scale: bool = option(True, "sorth: learnable per-output scale.")
+    adapter_dropout: float = option(0.0, "Adapter (module) dropout.", low=0, high=0.99)
+    target_modules: tuple[str, ...] = option(
+        (), "Module-name suffixes to adapt (default: preset for the model family)."
+    )
+    lr: float = option(8e-4, "AdamW learning rate (paper's GLUE code: 8e-4).", low=0, low_open=True)
+    weight_decay: float = option(0.0, "AdamW weight decay.", low=0)
+    warmup_steps: int = option(0, "Linear warm-up steps, then linear decay to 0.", low=0)
+    epochs: float = option(
+        3.0, "Training epochs (ignored when --max_steps > 0).", low=0, low_open=True
+    )
+    max_steps: int = option(0, "Optimizer steps (0: from --epochs).", low=0)
+    batch_size: int = option(16, "Per-device training batch size.", low=1)
+    eval_batch_size: int = option(32, "Per-device evaluation batch size.", low=1)
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", low=1)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).", low=0)
+    metric: str = option("auto", "Metric for best-checkpoint selection.", choices=METRICS)
+    eval_steps: int = option(0, "Evaluate every N steps (0: once per epoch and at the end).", low=0)
+    eval_before: bool = option(False, "Also evaluate before training (step 0).")
+    checkpointing_steps: int = option(
+        0, "Save a resumable checkpoint every N steps (0: off).", low=0
+    )
+    checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
+    resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
+    export_merged: bool = option(False, "Also save the merged model (zero inference overhead).")
+    mixed_precision: str = option("no", "no, bf16 or fp16 (GPU).", choices=("no", "bf16", "fp16"))
+    seed: int = option(42, "Random seed (data order, head init).", low=0)
+    progress: bool = option(True, "Show tqdm progress bars.")
+
+
+def _check(cfg: FinetuneConfig) -> None:
+    for name in ("model", "output_dir", "train_file"):
+        if not getattr(cfg, name):
+            raise RecipeError(f"--{name} is required (see --help)")
+    if cfg.task == "causal_lm" and cfg.metric not in {"auto", "loss"}:
+        raise RecipeError(f"--metric={cfg.metric} does not apply to causal_lm; use loss")
+
+
+def _load_tokenizer(cfg: FinetuneConfig) -> Any:
+    """The model's tokenizer (with a pad token), or a one-line error for an unusable path."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    path = resolve_pretrained(cfg.model)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    except Exception as err:
+        raise RecipeError(f"cannot load a tokenizer from '{cfg.model}': {err}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def _load_model(cfg: FinetuneConfig, num_labels: int, pad_token_id: int) -> Any:
+    """The base model for ``cfg.task``, or a one-line error for an unusable path."""
+    import transformers
+
+    auto = (
+        transformers.AutoModelForCausalLM
+        if cfg.task == "causal_lm"
+        else transformers.AutoModelForSequenceClassification
+    )
+    kwargs = {} if cfg.task == "causal_lm" else {"num_labels": num_labels}
+    try:
+        model = auto.from_pretrained(resolve_pretrained(cfg.model), **kwargs)
+    except Exception as err:
+        raise RecipeError(f"cannot load a {cfg.task} model from '{cfg.model}': {err}") from None
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _targets(cfg: FinetuneConfig, model: Any) -> list[str]:
+    if cfg.target_modules:
+        return list(cfg.target_modules)
+    names = [n for n, _ in model.named_modules()]
+    for preset in PRESETS:
+        if any(n.endswith("." + preset[0]) for n in names):
+            return [t for t in preset if any(n.endswith("." + t) for n in names)]
+    raise RecipeError("no preset matches this model's module names; pass --target_modules")
+
+
+def _adapt(cfg: FinetuneConfig, model: Any) -> Any:
+    from peft import get_peft_model
+
+    heads = [h for h in ("classifier", "score") if hasattr(model, h)]
+    try:
+        peft_cfg = make_peft_config(
+            cfg.method,
+            _targets(cfg, model),
+            block_size=None if cfg.nblocks else cfg.block_size,
+            nblocks=cfg.nblocks or None,
+            rank=cfg.rank,
+            alpha=cfg.alpha or None,
+            boft_factors=cfg.boft_factors,
+            scale=cfg.scale,
+            dropout=cfg.adapter_dropout,
+            modules_to_save=heads if cfg.task == "seq_cls" else None,
+            task_type="SEQ_CLS" if cfg.task == "seq_cls" else "CAUSAL_LM",
+        )
+        return get_peft_model(model, peft_cfg)
+    except (ValueError, ImportError) as err:
+        raise RecipeError(f"cannot build the {cfg.method} adapter: {err}") from None
+
+
+def _prepare_data(cfg: FinetuneConfig, tokenizer: Any) -> TextData:
+    common = {
+        "max_length": cfg.max_length,
+        "eval_fraction": cfg.eval_fraction,
+        "limits": (cfg.train_samples, cfg.eval_samples),
+        "seed": cfg.seed,
+    }
+    if cfg.task == "seq_cls":
+        cols = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c]
+        train = load_table(cfg.train_file, cols, "--train_file")
+        ev = load_table(cfg.eval_file, cols, "--eval_file") if cfg.eval_file else None
+        return tokenize_classification(
+            tokenizer, train, ev, text_column=cfg.text_column, pair_column=cfg.text_pair_column,
+            label_column=cfg.label_column, **common,
+        )  # fmt: skip
+    if cfg.prompt_column:
+        cols, text = [cfg.prompt_column, cfg.response_column], ""
+    else:
+        cols, text = [cfg.text_column], cfg.text_column
+    train = load_table(cfg.train_file, cols, "--train_file")
+    ev = load_table(cfg.eval_file, cols, "--eval_file") if cfg.eval_file else None
+    return tokenize_causal(
+        tokenizer, train, ev, text_column=text, prompt_column=cfg.prompt_column,
+        response_column=cfg.response_column, **common,
+    )  # fmt: skip
+
+
+def _collate(pad_id: int, regression: bool) -> Any:
+    import torch
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if isinstance(rows[0]["labels"], list):  # causal LM: pad labels with -100
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for i, r in enumerate(rows):
+                labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        else:
+            dtype = torch.float32 if regression else torch.long
+            labels = torch.tensor([r["labels"] for r in rows], dtype=dtype)
+        batch["labels"] = labels
+        return batch
+
+    return collate
+
+
+def _evaluate(
+    accelerator: Any, model: Any, loader: Any, task: str, num_labels: int
+) -> dict[str, float]:
+    """Loss and task metrics over the whole eval set (gathered across processes)."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    model.eval()
+    losses, preds, labels = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            out = model(**batch)
+            n = batch["labels"].shape[0]
+            losses.append(accelerator.gather_for_metrics(out.loss.detach().repeat(n)))
+            if task == "seq_cls":
+                p = out.logits.squeeze(-1) if num_labels == 1 else out.logits.argmax(-1)
+                p, y = accelerator.gather_for_metrics((p, batch["labels"]))
+                preds.append(p.float().cpu())
+                labels.append(y.float().cpu())
+    model.train()
+    loss = torch.cat(losses).mean().item()
+    result = {"loss": loss}
+    if task == "causal_lm":
+        result["perplexity"] = math.exp(min(loss, 50.0))
+        return result
+    p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    if num_labels == 1:
+        result["pearson"] = float(np.corrcoef(p, y)[0, 1]) if p.std() > 0 else 0.0
+        return result
+    average = "binary" if num_labels == 2 else "macro"
+    result["accuracy"] = float(accuracy_score(y, p))
+    result["f1"] = float(f1_score(y, p, average=average, zero_division=0))
+    result["matthews"] = float(matthews_corrcoef(y, p))
+    return result
+
+
+def _metric(cfg: FinetuneConfig, num_labels: int) -> tuple[str, bool]:
+    """The selection metric and whether larger is better."""
+    if cfg.task == "causal_lm" or cfg.metric == "loss":
+        return "loss", False
+    if cfg.metric == "auto":
+        return ("pearson" if num_labels == 1 else "accuracy"), True
+    return cfg.metric, True
+
+
+def _rank_spread(accelerator: Any, model: Any) -> float:
+    """Largest difference between processes of any trainable parameter (0.0 on one process)."""
+    import torch
+
+    flat = torch.cat(
+        [p.detach().double().flatten() for p in model.parameters() if p.requires_grad]
+    ).to(accelerator.device)
+    every = accelerator.gather(flat[None])
+    return float((every - every[0]).abs().max().item())
+
+
+def _save_adapter(accelerator: Any, model: Any, folder: Path, tokenizer: Any = None) -> None:
+    """Main process only, atomically: ``save_pretrained`` of the adapter (and tokenizer)."""
+    if accelerator.is_main_process:
+        with atomic_dir(folder) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
+
+
+def _lr_lambda(warmup: int, total: int) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def run(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Train, evaluate, save; return the metrics written to ``metrics.json``."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    _check(cfg)
+    accelerator = make_accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        seed=cfg.seed,
+    )
+    out = Path(cfg.output_dir)
+    tokenizer = _load_tokenizer(cfg)
+    data = _prepare_data(cfg, tokenizer)
+    model = _load_model(cfg, max(data.num_labels, 1), tokenizer.pad_token_id)
+    model = _adapt(cfg, model)
+    trainable, total = count_parameters(model)
+    collate = _collate(tokenizer.pad_token_id, data.num_labels == 1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        data.train, cfg.batch_size, shuffle=True, collate_fn=collate, generator=gen
+    )
+    eval_loader = DataLoader(data.eval, cfg.eval_batch_size, collate_fn=collate)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader
+    )
+    per_epoch = max(1, len(train_loader) // cfg.gradient_accumulation_steps)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, steps))
+    step, history = 0, []
+    resume = find_checkpoint(out, cfg.resume_from_checkpoint)
+    if resume is not None:
+        state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer)
+        step, history = state["step"], state.get("history", [])
+        for _ in range(step):
+            scheduler.step()
+    metric, higher = _metric(cfg, data.num_labels)
+    best = max if higher else min
+    eval_every = cfg.eval_steps or per_epoch
+    if cfg.eval_before and step == 0:
+        history.append(
+            {"step": 0, **_evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)}
+        )
+    timer, losses = StepTimer(), []
+    bar = tqdm(
+        total=steps,
+        initial=step,
+        desc=f"{cfg.method} {cfg.task}",
+        disable=not (cfg.progress and accelerator.is_local_main_process),
+    )
+    model.train()
+    while step < steps:
+        epoch, skip = divmod(step * cfg.gradient_accumulation_steps, len(train_loader))
+        train_loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        timer.start()
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            timer.stop()
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % eval_every == 0 or step == steps:
+                ev = _evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)
+                history.append(
+                    {
+                        "step": step,
+                        "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:]),
+                        **ev,
+                    }
+                )
+                if ev[metric] == best(h[metric] for h in history if metric in h and h["step"] > 0):
+                    _save_adapter(accelerator, model, out / "best", tokenizer)
+            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+                save_checkpoint(
+                    accelerator,
+                    model,
+                    optimizer,
+                    step,
+                    out,
+                    total_limit=cfg.checkpoints_total_limit,
+                    extra={"history": history},
+                )
+            if step >= steps:
+                break
+            timer.start()
+    bar.close()
+    _save_adapter(accelerator, model, out / "adapter", tokenizer)
+    result = {
+        "config": asdict(cfg),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "num_labels": data.num_labels,
+        "label_names": list(data.label_names),
+        "train_examples": len(data.train),
+        "eval_examples": len(data.eval),
+        "seconds_per_step": timer.mean,
+        "metric": metric,
+        "history": history,
+        "best": best((h for h in history if h["step"] > 0), key=lambda h: h[metric], default=None),
+        "num_processes": accelerator.num_processes,
+        "rank_max_abs_diff": _rank_spread(accelerator, model),
+    }
+    if cfg.export_merged:
+        _export_merged(accelerator, model, tokenizer, out / "merged")
+    if accelerator.is_main_process:
+        save_json(result, out / "metrics.json")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def _export_merged(accelerator: Any, model: Any, tokenizer: Any, folder: Path) -> None:
+    """Fold the adapter into a copy of the weights and save a plain transformers model."""
+    import copy
+
+    if accelerator.is_main_process:
+        merged = copy.deepcopy(accelerator.unwrap_model(model)).merge_and_unload()
+        with atomic_dir(folder) as tmp:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    accelerator.wait_for_everyone()
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point (see the module docstring)."""
+    cfg = parse_config(FinetuneConfig, argv, __doc__.split("\n\n")[0])
+    result = run(cfg)
+    if result["best"] is not None:
+        shown = {k: round(v, 4) for k, v in result["best"].items() if isinstance(v, float)}
+        print(f"best eval at step {result['best']['step']}: {shown}")
+    print(f"adapter saved to {Path(cfg.output_dir) / 'adapter'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
