@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from sorth.tuner.config import SOrthConfig
 from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
-from sorth.tuner.layer import Conv1D, Conv2d, Linear, SOrthLayer
+from sorth.tuner.layer import SOrthLayer
+from sorth.tuner.layer_types import Conv1D, Conv2d, Embedding, Linear
 from sorth.tuner.model import SOrthModel
 from sorth.tuner.registration import register
 
@@ -17,6 +18,7 @@ __all__ = [
     "AdapterCheckpointError",
     "Conv1D",
     "Conv2d",
+    "Embedding",
     "Linear",
     "SOrthConfig",
     "SOrthLayer",

@@ -27,17 +27,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
-from transformers.pytorch_utils import Conv1D as HFConv1D
 
 from sorth.errors import SOrthValueError
 from sorth.gs import GSMatrix
 from sorth.parametrizations import GSOrthogonal
 from sorth.permutations import invert_permutation
 
-__all__ = ["Conv1D", "Conv2d", "Linear", "SOrthLayer", "dispatch_layer_class"]
+__all__ = ["SOrthLayer"]
 
 NAN_MESSAGE = "NaNs detected in the merged weights. The adapter {} seems to be broken"
 
@@ -182,7 +180,7 @@ class SOrthLayer(BaseTunerLayer):
     def _sorth_forward(self, x: torch.Tensor, adapters: list[str]) -> torch.Tensor:
         """``s_k ⊙ A_out_k ⋯ s_1 ⊙ A_out_1 · W · A_in_1 ⋯ A_in_k · x + bias``."""
         base = self.get_base_layer()
-        previous_dtype = x.dtype
+        previous_dtype = x.dtype if x.is_floating_point() else base.weight.dtype  # (Embedding)
         W = self.get_base_weight()
         for name in reversed(adapters):  # innermost input rotation first
             A = self._matrix(self.sorth_in, name, self._adapter_dtype(name))
@@ -193,7 +191,7 @@ class SOrthLayer(BaseTunerLayer):
             else:
                 x = self._rotate_act(self._cast_input_dtype(x, A.dtype), A)
         W = W.to(base.weight.dtype)
-        h = self._linear(x.to(W.dtype), W)
+        h = self._linear(x.to(W.dtype) if x.is_floating_point() else x, W)
         for name in adapters:
             dtype = self._adapter_dtype(name)
             A = self._matrix(self.sorth_out, name, dtype)
@@ -201,8 +199,9 @@ class SOrthLayer(BaseTunerLayer):
                 h = self._rotate_act(h.to(dtype), A)
             if name in self.sorth_s:
                 h = h * self._along_act(self.sorth_s[name].to(h.dtype), h.dim())
-        if base.bias is not None:
-            h = h + self._along_act(base.bias.to(h.dtype), h.dim())
+        bias = getattr(base, "bias", None)
+        if bias is not None:
+            h = h + self._along_act(bias.to(h.dtype), h.dim())
         return h.to(previous_dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -307,86 +306,3 @@ class SOrthLayer(BaseTunerLayer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
-
-
-class Linear(nn.Module, SOrthLayer):
-    """sorth on ``torch.nn.Linear``: weight ``(out, in)``, features on the last dim."""
-
-    forward = SOrthLayer.forward  # nn.Module's placeholders come first in the MRO
-    extra_repr = SOrthLayer.extra_repr
-
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any):
-        super().__init__()
-        SOrthLayer.__init__(self, base_layer, **kwargs)
-        self._active_adapter = adapter_name
-        self.update_layer(adapter_name, config)
-
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, weight)
-
-
-class Conv1D(Linear):
-    """sorth on transformers' ``Conv1D`` (GPT-2): weight ``(in, out)`` (``fan_in_fan_out``)."""
-
-    _w_in_dim, _w_out_dim = 0, 1
-
-    @staticmethod
-    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
-        return base.weight.shape[0], base.weight.shape[1]
-
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x @ weight
-
-
-class Conv2d(Linear):
-    """sorth on ``torch.nn.Conv2d``; weight ``(out, in/groups, kh, kw)``, features on dim 1."""
-
-    _act_dim = 1
-
-    @staticmethod
-    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
-        return base.in_channels, base.out_channels
-
-    def _check_layer(self, config: Any) -> None:
-        groups = self.get_base_layer().groups
-        if groups == 1:
-            return
-        if config.conv_side == "channels" and config.side in ("input", "both"):
-            raise SOrthValueError(
-                f"conv_side='channels' needs groups=1 (got groups={groups}): rotating input "
-                "channels would mix groups; use conv_side='filter'."
-            )
-        if config.side in ("output", "both"):
-            raise SOrthValueError(
-                f"side={config.side!r} rotates output channels, which mixes the groups of a "
-                f"grouped conv (groups={groups}); use side='input'."
-            )
-
-    def _input_rotation_size(self, config: Any) -> tuple[int, bool]:
-        W = self.get_base_layer().weight
-        if config.conv_side == "filter":
-            return W[0].numel(), True
-        return self.in_features, False
-
-    def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:
-        return W.flatten(1) if on_weight else W.movedim(1, -1)
-
-    def _from_in_rows(self, T: torch.Tensor, like: torch.Tensor, on_weight: bool) -> torch.Tensor:
-        return T.view(like.shape) if on_weight else T.movedim(-1, 1)
-
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return self.get_base_layer()._conv_forward(x, weight, None)
-
-    def extra_repr(self) -> str:
-        return f"in_channels={self.in_features}, out_channels={self.out_features}"
-
-
-def dispatch_layer_class(base: nn.Module) -> type[SOrthLayer] | None:
-    """The sorth layer class for a base module, or ``None`` if unsupported."""
-    if isinstance(base, HFConv1D):
-        return Conv1D
-    if isinstance(base, nn.Linear):
-        return Linear
-    if isinstance(base, nn.Conv2d):
-        return Conv2d
-    return None

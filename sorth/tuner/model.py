@@ -36,12 +36,13 @@ from torch import nn
 
 from sorth.errors import SOrthValueError
 from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
-from sorth.tuner.layer import SOrthLayer, dispatch_layer_class
+from sorth.tuner.layer import SOrthLayer
+from sorth.tuner.layer_types import dispatch_layer_class
 from sorth.tuner.registration import PREFIX
 
 __all__ = ["AdapterCheckpointError", "SOrthModel", "UnsupportedLayerError"]
 
-SUPPORTED = "torch.nn.Linear, torch.nn.Conv2d and transformers' Conv1D"
+SUPPORTED = "torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding and transformers' Conv1D"
 
 
 def _describe(base: nn.Module) -> str:

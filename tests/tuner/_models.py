@@ -49,6 +49,18 @@ class ModelConv2D(nn.Module):
         return self.head(torch.relu(self.conv(x)))
 
 
+class ModelEmb(nn.Module):
+    """Embedding(50, 16) + Linear(16, 4) on the mean of the token embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 16, padding_idx=0)
+        self.lin = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.emb(x).mean(-2))
+
+
 @dataclass
 class Case:
     """One row of the matrix: a model builder, an input builder and SOrthConfig kwargs."""
@@ -69,6 +81,10 @@ def mlp_input() -> torch.Tensor:
 
 def conv1d_input() -> torch.Tensor:
     return torch.randn(3, 5, 16)
+
+
+def token_input() -> torch.Tensor:
+    return torch.randint(0, 50, (4, 7))
 
 
 def conv_input(channels: int = 8) -> Callable[[], torch.Tensor]:
@@ -107,6 +123,12 @@ CASES: list[Case] = [
         ModelConv1D,
         conv1d_input,
         {"target_modules": ["conv1d", "lin"], "block_size": 4, "side": "both"},
+    ),
+    Case(
+        "emb-output",
+        ModelEmb,
+        token_input,
+        {"target_modules": ["emb", "lin"], "block_size": 4, "side": "output"},
     ),
     Case("conv-k3", _conv(), conv_input(), {"target_modules": ["conv"], "block_size": 8}),
     Case(

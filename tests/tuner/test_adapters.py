@@ -180,3 +180,12 @@ def test_load_low_cpu_mem_usage(tmp_path) -> None:
     assert not any(p.is_meta for p in loaded.parameters())
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), y_a, rtol=0, atol=0)
+
+
+def test_conv2d_unbatched_input() -> None:
+    torch.manual_seed(0)
+    cfg = SOrthConfig(target_modules=["conv"], block_size=4, side="both", init_weights=False)
+    model = get_peft_model(ModelConv2D(padding=1), cfg).eval()
+    x = torch.randn(2, 8, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x[0]), model(x)[0], **F32)

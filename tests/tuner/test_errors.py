@@ -75,6 +75,14 @@ def test_unsupported_layer_names_module() -> None:
     _assert_unchanged(model, snap)
 
 
+def test_embedding_needs_output_side() -> None:
+    model = nn.Sequential(nn.Embedding(10, 8))
+    snap = _snapshot(model)
+    with pytest.raises(SOrthValueError, match=r"'0'.*side='input' on nn.Embedding.*side='output'"):
+        get_peft_model(model, SOrthConfig(target_modules=["0"], block_size=4))
+    _assert_unchanged(model, snap)
+
+
 def test_fan_in_fan_out_on_linear() -> None:
     cfg = SOrthConfig(target_modules=["lin0"], block_size=4, fan_in_fan_out=True)
     with pytest.raises(UnsupportedLayerError, match="fan_in_fan_out=True but target module 'lin0'"):
