@@ -157,8 +157,20 @@ class SOrthLayer(BaseTunerLayer):
     def _present(self, adapters: list[str]) -> list[str]:
         return [a for a in adapters if a in self.sorth_on_weight]
 
-    def _matrix(self, table: nn.ModuleDict, name: str, dtype: torch.dtype) -> GSMatrix | None:
-        return table[name].matrix(dtype=dtype) if name in table else None
+    def _matrix(
+        self, table: nn.ModuleDict, name: str, dtype: torch.dtype, dropout: bool = True
+    ) -> GSMatrix | None:
+        """The adapter's GS matrix; ``dropout=False`` (merging) never drops blocks, even in
+        training mode, so merge and unmerge use the same matrix."""
+        if name not in table:
+            return None
+        rotation = table[name]
+        training = rotation.training
+        rotation.train(training and dropout)
+        try:
+            return rotation.matrix(dtype=dtype)
+        finally:
+            rotation.train(training)
 
     def _along_act(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
         """Reshape a per-feature vector to broadcast along the activation feature dim."""
@@ -181,7 +193,7 @@ class SOrthLayer(BaseTunerLayer):
         """``s_k ⊙ A_out_k ⋯ s_1 ⊙ A_out_1 · W · A_in_1 ⋯ A_in_k · x + bias``."""
         base = self.get_base_layer()
         previous_dtype = x.dtype if x.is_floating_point() else base.weight.dtype  # (Embedding)
-        W = self.get_base_weight()
+        W = base.weight  # not .data: a base weight made trainable still gets its gradient
         for name in reversed(adapters):  # innermost input rotation first
             A = self._matrix(self.sorth_in, name, self._adapter_dtype(name))
             if A is None:
@@ -251,8 +263,8 @@ class SOrthLayer(BaseTunerLayer):
         dtype = self._compute_dtype(W)
         W = W.to(dtype)
         on_weight = self.sorth_on_weight[name]
-        A_in = self._matrix(self.sorth_in, name, dtype)
-        A_out = self._matrix(self.sorth_out, name, dtype)
+        A_in = self._matrix(self.sorth_in, name, dtype, dropout=False)
+        A_out = self._matrix(self.sorth_out, name, dtype, dropout=False)
         s = self.sorth_s[name].to(dtype) if name in self.sorth_s else None
         shape = [1] * W.dim()
         shape[self._w_out_dim] = -1

@@ -139,6 +139,16 @@ def test_module_dropout_acts_in_training_only() -> None:
     model.train()
     outs = [model(x).detach() for _ in range(4)]
     assert any((o - outs[0]).abs().max() > 1e-4 for o in outs[1:])
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    with torch.no_grad():
+        expected = model.base_model.model.lin0.get_merged_weight("default")
+        model.merge_adapter()  # in train mode: merging never drops blocks
+        merged = model.base_model.model.lin0.base_layer.weight
+        torch.testing.assert_close(merged, expected, rtol=0, atol=0)
+        model.unmerge_adapter()
+    for n, p in model.named_parameters():
+        if n in weights:
+            torch.testing.assert_close(p.detach(), weights[n], **F32)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
