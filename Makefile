@@ -5,9 +5,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= all,test
+EXTRAS ?= all,test,docs
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint docs figures clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,7 +28,15 @@ lint: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-test: lint
+# The documentation site, strict: any warning (broken link, bad docstring, missing file) fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -f mkdocs.yml -d build/site
+
+# Regenerate the figures in docs/figures from sorth.plotting (tests/docs checks they are current).
+figures: install
+	$(PY) -m sorth.plotting docs/figures
+
+test: lint docs
 	$(PY) -m pytest -q -m "not slow"
 	$(PY) -m pytest -q -m slow || test $$? -eq 5  # 5 = no slow test collected
 
