@@ -59,6 +59,15 @@ def test_import_sorth_before_peft(saved: str) -> None:
     assert out.stdout.strip() == "SOrthModel"
 
 
+def test_from_sorth_import_sorthconfig_first(saved: str) -> None:
+    # `from sorth import SOrthConfig` imports sorth.tuner, which imports peft: the hook must
+    # not register a half-imported sorth.tuner (it registers itself when done), and no warning.
+    code = "import warnings\nwarnings.simplefilter('error')\nfrom sorth import SOrthConfig\n"
+    out = _run(code + LOAD.format(path=saved))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SOrthModel"
+
+
 def test_without_sorth_then_import_sorth_after_peft(saved: str) -> None:
     # Without `import sorth` PEFT cannot know the method: it raises KeyError 'SORTH' (the README
     # says so). Importing sorth after PEFT registers at once, and the same load then works.
