@@ -23,6 +23,7 @@ structure      Q                                                factors × block
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 from sorth.errors import BlockSizeError, check_choice, check_positive_int
 from sorth.gs import GSMatrix, min_butterfly_factors_for_density, resolve_blocks
 from sorth.orthogonal import METHODS, Method, orthogonal_blocks, skew, unpack_skew
+from sorth.permutations import compose_permutations, invert_permutation
 
 __all__ = ["STORAGES", "STRUCTURES", "GSOrthogonal"]
 
@@ -52,10 +54,12 @@ def _template(structure: str, shapes: list[tuple[int, int]]) -> GSMatrix:
     if structure == "gs":
         if len(zeros) == 2:
             return GSMatrix.gsoft(zeros[1], zeros[0])
-        P_L = GSMatrix.shuffled(zeros).perms[1]
-        from sorth.permutations import invert_permutation
-
-        return GSMatrix.shuffled(zeros, perm_left=invert_permutation(P_L))
+        if len(zeros) == 1:
+            return GSMatrix.block_diagonal(zeros[0])
+        # P_L undoes the m-1 inner shuffles, so that Q = I when every block is I
+        inner = GSMatrix.shuffled(zeros).perms[1:-1]
+        total = functools.reduce(compose_permutations, inner)
+        return GSMatrix.shuffled(zeros, perm_left=invert_permutation(total))
     if structure == "oft":
         return GSMatrix.block_diagonal(zeros[0])
     if structure == "butterfly":

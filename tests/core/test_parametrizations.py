@@ -21,6 +21,16 @@ def test_identity_at_init(structure: str, method: str) -> None:
     torch.testing.assert_close(q(x), x)
 
 
+@pytest.mark.parametrize("n_factors", [1, 2, 3, 4])
+def test_identity_at_init_any_number_of_gs_factors(n_factors: int) -> None:
+    q = sorth.GSOrthogonal(32, block_size=4, n_factors=n_factors)
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(q(x), x)
+    q.reset_parameters("random", std=0.5)
+    with torch.no_grad():
+        assert sorth.orthogonality_error(q.dense()) <= orth_atol(torch.float32, 32)
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("method", ["cayley", "expm"])
 def test_orthogonal_after_aggressive_training(structure: str, method: str) -> None:

@@ -69,7 +69,6 @@ class Case:
     model: Callable[[], nn.Module]
     inputs: Callable[[], torch.Tensor]
     config: dict[str, Any]
-    xfail_identity: str | None = None  # a known core defect, reported; strict xfail
 
     def __str__(self) -> str:
         return self.name
@@ -108,13 +107,7 @@ CASES: list[Case] = [
     Case("mlp-oft", MLP, mlp_input, {**_LIN, "block_size": 4, "structure": "oft"}),
     Case("mlp-butterfly", MLP, mlp_input, {**_LIN, "block_size": 4, "structure": "butterfly"}),
     Case("mlp-monarch", MLP, mlp_input, {**_LIN, "nblocks": 4, "structure": "monarch"}),
-    Case(
-        "mlp-gs-3factors",
-        MLP,
-        mlp_input,
-        {**_LIN, "block_size": 4, "n_factors": 3},
-        xfail_identity="core: GSOrthogonal(structure='gs', n_factors>=3) is not I at init",
-    ),
+    Case("mlp-gs-3factors", MLP, mlp_input, {**_LIN, "block_size": 4, "n_factors": 3}),
     Case("mlp-nobias", lambda: MLP(bias=False), mlp_input, {**_LIN, "block_size": 4}),
     Case("mlp-regex", MLP, mlp_input, {"target_modules": r".*lin\d", "block_size": 4}),
     Case("conv1d-gs", ModelConv1D, conv1d_input, {"target_modules": ["conv1d"], "block_size": 4}),
