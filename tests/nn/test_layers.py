@@ -196,3 +196,26 @@ def test_torch_compile_eval_matches_eager() -> None:
     x = torch.randn(2, 8, 6, 6)
     compiled = torch.compile(conv)
     torch.testing.assert_close(compiled(x), conv(x))
+
+
+def test_config_fields_take_effect() -> None:
+    g = torch.Generator().manual_seed(0)
+    base = snn.SOC2d(4, 4, 3, generator=g)
+    half = snn.SOC2d(4, 4, 3, correction=0.35, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(half.normalized_kernel(), 0.5 * base.normalized_kernel())
+    assert snn.SOC2d(4, 4, 1).correction == 1.0  # 1×1 default: the estimate is exact
+    frozen = snn.SOC2d(4, 4, 3, update_iters=0, update_freq=1000)
+    frozen.train()
+    frozen(torch.randn(1, 4, 4, 4))  # step 0: the init_iters refresh
+    u = frozen.u0.clone()
+    with torch.no_grad():
+        frozen.weight.add_(torch.randn_like(frozen.weight))
+    frozen(torch.randn(1, 4, 4, 4))  # step 1: update_iters=0, nothing runs
+    assert torch.equal(frozen.u0, u)
+    every = snn.SOC2d(4, 4, 3, update_iters=0, update_freq=1)
+    every.train()
+    u = every.u0.clone()
+    with torch.no_grad():
+        every.weight.add_(torch.randn_like(every.weight))
+    every(torch.randn(1, 4, 4, 4))  # update_freq=1: every step is a full refresh
+    assert not torch.equal(every.u0, u)
