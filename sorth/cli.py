@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import re
+import runpy
 import shutil
 import sys
 import tempfile
@@ -111,7 +112,7 @@ def _natural(key: str) -> list[Any]:
 def _rotation_from_params(
     config: dict[str, Any], params: list[Any], where: str
 ) -> tuple[Any, dict[str, Any]]:
-    """Rebuild the :class:`sorth.GSOrthogonal` of one side of one layer from its saved tensors."""
+    """Rebuild the `sorth.GSOrthogonal` of one side of one layer from its saved tensors."""
     from sorth.errors import SOrthValueError
     from sorth.parametrizations import GSOrthogonal
 
@@ -325,8 +326,12 @@ def _quiet(*libraries: str) -> Iterator[None]:
                 log.enable_progress_bar()
 
 
-def _load_base(base: Path) -> tuple[str, Any]:
-    """``(kind, object)``: a transformers model, a diffusers model, or a diffusers pipeline."""
+def _load_base(base: Path, adapter: Path | None) -> tuple[str, Any]:
+    """``(kind, object)``: a transformers model, a diffusers model, or a diffusers pipeline.
+
+    A transformers model is loaded with the head its adapter was trained on (``adapter``'s
+    recorded class or task type), else with the class its ``config.json`` names.
+    """
     if (base / "model_index.json").is_file():
         from diffusers import DiffusionPipeline
 
@@ -343,16 +348,52 @@ def _load_base(base: Path) -> tuple[str, Any]:
         return "diffusers", cls.from_pretrained(base)
     import transformers
 
-    names = config.get("architectures") or []
+    names, kwargs = list(config.get("architectures") or []), {}
+    if adapter is not None:
+        wanted, kwargs = _head_for(adapter)
+        names = [wanted, *names] if wanted else names
     cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
     if cls is None:
-        raise CLIError(f"base model '{base}': config.json names no transformers class {names}")
-    return "transformers", cls.from_pretrained(base)
+        raise CLIError(f"base model '{base}': no transformers class among {names}")
+    return "transformers", cls.from_pretrained(base, **kwargs)
 
 
-def _adapter_class(adapter_dir: Path, kind: str) -> str | None:
-    mapping = _read_json(adapter_dir / CONFIG_NAME).get("auto_mapping") or {}
-    return mapping.get("base_model_class") if kind == "transformers" else None
+# PEFT task types -> the transformers Auto class whose head the adapter was trained with
+TASK_AUTO_CLASSES = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+_HEADS = ("out_proj.weight", "score.weight", "classifier.weight")  # (num_labels, hidden)
+
+
+def _head_for(adapter: Path) -> tuple[str | None, dict[str, Any]]:
+    """The class (or Auto class) the adapter was trained on, and ``num_labels`` if it has a head."""
+    config = _read_json(adapter / CONFIG_NAME)
+    task = str(config.get("task_type"))
+    wanted = (config.get("auto_mapping") or {}).get("base_model_class")
+    wanted = wanted or TASK_AUTO_CLASSES.get(task)
+    n = _num_labels(adapter) if task in ("SEQ_CLS", "TOKEN_CLS") else None
+    return wanted, ({"num_labels": n} if n else {})
+
+
+def _num_labels(adapter_dir: Path) -> int | None:
+    """Rows of the saved classification head (``modules_to_save``), if there is one."""
+    from safetensors import safe_open
+
+    path = adapter_dir / WEIGHTS_NAME
+    if not path.is_file():
+        return None
+    with safe_open(path, "pt") as f:
+        keys = [k for k in f.keys() if "sorth_" not in k]  # noqa: SIM118
+        for head in _HEADS:
+            found = [k for k in keys if k.endswith(head)]
+            if found:
+                return int(f.get_slice(found[-1]).get_shape()[0])
+    return None
 
 
 def _merge_into(model: Any, adapter_dir: Path, where: str) -> Any:
@@ -399,7 +440,7 @@ def merge_adapter(
 ) -> Path:
     """Merge an adapter into its base model and save plain safetensors weights to ``out_dir``.
 
-    ``W' = diag(s) · A_out · W · A_in`` per adapted layer (:mod:`sorth.tuner.layer`), so the
+    ``W' = diag(s) · A_out · W · A_in`` per adapted layer (`sorth.tuner.layer`), so the
     result loads with ``from_pretrained`` of transformers / diffusers and needs no sorth.
     ``base_dir`` is a transformers model, a diffusers model, or a diffusers pipeline
     (``model_index.json``); for a pipeline, ``adapter_dir`` holds one adapter per component in
@@ -442,7 +483,7 @@ def _merge_all(
     components: Sequence[str] | None,
     bar: Any,
 ) -> Any:
-    kind, obj = _load_base(base)
+    kind, obj = _load_base(base, adapters.get(None))
     bar.update()
     bar.set_description_str("merge: fold adapter")
     if kind == "pipeline":
@@ -456,13 +497,6 @@ def _merge_all(
     else:
         if None not in adapters:
             raise CLIError(f"adapter folder '{adapter}' has no {CONFIG_NAME}")
-        wanted = _adapter_class(adapter, kind)
-        if wanted and type(obj).__name__ != wanted:
-            import transformers
-
-            cls = getattr(transformers, wanted, None)
-            if cls is not None:  # e.g. an adapter trained on ...ForSequenceClassification
-                obj = cls.from_pretrained(base)
         obj = _merge_into(obj, adapter, str(base))
     bar.update()
     return obj
@@ -526,13 +560,18 @@ def demo_entry() -> str:
 
 
 def _demo(rest: Sequence[str]) -> None:
+    """Run ``python -m <demo_entry()> REST`` in this process (Note [demo])."""
     name = demo_entry()
     root = str(Path(__file__).resolve().parents[1])
     if not name.startswith("sorth.") and root not in sys.path:
         sys.path.insert(0, root)
-    module = importlib.import_module(name)
     print(f"sorth demo: running `python -m {name}`", file=sys.stderr)
-    module.main(list(rest))
+    argv = sys.argv
+    sys.argv = [f"python -m {name}", *rest]
+    try:
+        runpy.run_module(name, run_name="__main__", alter_sys=True)
+    finally:
+        sys.argv = argv
 
 
 # ---------------------------------------------------------------------------------- main

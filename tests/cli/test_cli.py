@@ -342,17 +342,17 @@ def test_demo_runs_the_same_job_as_make_demo() -> None:
 
 
 def test_demo_passes_arguments_on(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    """`sorth demo -- ARGS` calls the demo module's main(ARGS): one code path, not a copy."""
-    import importlib
-
+    """`sorth demo -- ARGS` is `python -m <module> ARGS`: one code path, not a copy."""
     calls = []
-    module = importlib.import_module("sorth.demo")
-    monkeypatch.setattr(cli, "demo_entry", lambda: "sorth.demo")
-    monkeypatch.setattr(module, "main", lambda argv: calls.append(argv))
+
+    def fake_run_module(name: str, run_name: str, alter_sys: bool) -> None:
+        calls.append((name, run_name, sys.argv[1:]))
+
+    monkeypatch.setattr(cli.runpy, "run_module", fake_run_module)
     code, _, err = run(capsys, "demo", "--", "--sizes", "64", "--block-size", "8")
     assert code == 0
-    assert calls == [["--sizes", "64", "--block-size", "8"]]
-    assert "python -m sorth.demo" in err
+    assert calls == [(cli.demo_entry(), "__main__", ["--sizes", "64", "--block-size", "8"])]
+    assert f"python -m {cli.demo_entry()}" in err
 
 
 def test_demo_core_tour_runs(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
@@ -367,3 +367,34 @@ def test_demo_help_is_the_demo_modules_help(capsys: pytest.CaptureFixture[str]) 
     code, out, _ = run(capsys, "demo", "--", "--help")
     assert code == 0
     assert out.startswith("usage:")
+
+
+@pytest.mark.slow
+def test_merge_a_classifier_adapter_onto_a_bare_encoder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Base saved as BertModel, adapter trained with a 3-label head (task_type SEQ_CLS)."""
+    from peft import get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    import sorth
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=4, max_position_embeddings=40)  # fmt: skip
+    BertModel(cfg).save_pretrained(tmp_path / "base")  # a bare encoder, like MiniLM
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=3)
+    config = sorth.SOrthConfig(target_modules=["query", "value"], block_size=8, task_type="SEQ_CLS",
+                               init_weights=False, init_std=0.3)  # fmt: skip
+    peft_model = get_peft_model(model, config).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    code, _, err = run(capsys, "merge", "--base", tmp_path / "base", "--adapter",
+                       tmp_path / "adapter", "--out", tmp_path / "merged")  # fmt: skip
+    assert code == 0, err
+    merged = BertForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    assert merged.config.num_labels == 3
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)

@@ -56,7 +56,9 @@ def test_dreambooth(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lipschitz_cnn() -> None:
-    out = _load("lipschitz_cnn").main(["--epochs", "1", "--max-steps", "3", "--init-channels", "4"])
-    assert out["steps"] == 3
-    assert abs(out["lipschitz_bound"] - 1.0) < 1e-2  # every layer orthogonal or 1-Lipschitz
+    args = ["--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--init-channels", "4"]
+    out = _load("lipschitz_cnn").main([*args, "--power-iters", "5"])
+    assert out["steps"] == 2
+    # every layer is orthogonal or 1-Lipschitz; power iterations approach the bound from below
+    assert 0.9 < out["lipschitz_bound"] <= 1.0 + 1e-2
     assert 0.0 <= out["certified"] <= out["clean"] <= 1.0
