@@ -603,7 +603,8 @@ def _parser() -> _Parser:
         help="describe a saved sorth adapter",
         description="Structure, sizes, trainable parameters per layer and in total, density and "
         "orthogonality error max|QᵀQ−I| (float64) of every adapted layer. Reads only the adapter "
-        "folder (adapter_config.json + adapter_model.safetensors), not the base model.",
+        "folder (adapter_config.json + adapter_model.safetensors, or one sub-folder per pipeline "
+        "component such as unet/), not the base model.",
     )
     ins.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="folder written by save_pretrained")
     ins.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -654,11 +655,14 @@ def _parser() -> _Parser:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "inspect":
-        info = inspect_adapter(args.adapter_dir)
+        folder = _require_dir(args.adapter_dir, "adapter folder")
+        parts = _adapter_dirs(folder, None)  # one adapter, or one per pipeline component
+        infos = {comp: inspect_adapter(path) for comp, path in parts.items()}
         if args.json:
-            print(json.dumps(info, indent=2, default=str))
+            print(json.dumps(infos.get(None, infos), indent=2, default=str))
         else:
-            _print_inspect(info)
+            for info in infos.values():
+                _print_inspect(info)
     elif args.command == "merge":
         out = merge_adapter(
             args.base, args.adapter, args.out, components=args.component, overwrite=args.overwrite
@@ -685,6 +689,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"{prog}: error: {err}", EXIT_USAGE)
     except KeyboardInterrupt:
         _fail(f"{prog}: interrupted", 130)
+    except BrokenPipeError:  # e.g. `sorth inspect DIR | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as err:
         if args.traceback:
             raise

@@ -54,15 +54,16 @@ def test_help(capsys: pytest.CaptureFixture[str], command: str | None) -> None:
             assert sub in out
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.startswith("sorth ")
+
+
 def test_console_script_is_installed_and_errors_are_one_line(tmp_path: Path) -> None:
-    ok = subprocess.run([SORTH, "--version"], capture_output=True, text=True, check=False)
-    assert ok.returncode == 0
-    assert ok.stdout.startswith("sorth ")
-    bad = subprocess.run(
-        [SORTH, "inspect", tmp_path / "missing"], capture_output=True, text=True, check=False
-    )
-    assert bad.returncode == 2
     missing = tmp_path / "missing"
+    bad = subprocess.run([SORTH, "inspect", missing], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
     assert bad.stderr == f"sorth inspect: error: adapter folder '{missing}' does not exist\n"
 
 
@@ -165,23 +166,20 @@ with torch.no_grad():
 """
 
 
-def test_merge_writes_a_plain_model(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, llama_dir: Path, adapter_dir: Path
-) -> None:
-    from peft import PeftModel
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
+@pytest.fixture(scope="module")
+def merged_dir(
+    tmp_path_factory: pytest.TempPathFactory, llama_dir: Path, adapter_dir: Path
+) -> Path:
+    out = tmp_path_factory.mktemp("merge") / "merged"
+    assert cli.main(["merge", "--base", str(llama_dir), "--adapter", str(adapter_dir),
+                     "--out", str(out)]) == 0  # fmt: skip
+    return out
 
-    out = tmp_path / "merged"
-    code, stdout, _ = run(capsys, "merge", "--base", llama_dir, "--adapter", adapter_dir,
-                          "--out", out)  # fmt: skip
-    assert code == 0, stdout
-    assert "merged model written to" in stdout
-    assert (out / "tokenizer_config.json").is_file()  # non-weight files are copied along
-    with safe_open(out / "model.safetensors", "pt") as f:
-        keys = list(f.keys())
-    assert not [k for k in keys if "sorth" in k or "base_layer" in k]
-    assert not list(tmp_path.glob(".merged*")), "no temporary folder left behind"
+
+@pytest.fixture(scope="module")
+def adapted_logits(llama_dir: Path, adapter_dir: Path) -> torch.Tensor:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir),
                                         adapter_dir).eval()  # fmt: skip
@@ -189,13 +187,35 @@ def test_merge_writes_a_plain_model(
     with torch.no_grad():
         expected = adapted(PROBE).logits
         assert (expected - base(PROBE).logits).abs().max() > 1e-3  # the adapter does something
+    return expected
+
+
+def test_merge_writes_a_plain_model(merged_dir: Path, adapted_logits: torch.Tensor) -> None:
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    assert (merged_dir / "tokenizer_config.json").is_file()  # non-weight files are copied along
+    with safe_open(merged_dir / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if "sorth" in k or "base_layer" in k]
+    assert not list(merged_dir.parent.glob(".merged*")), "no temporary folder left behind"
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(merged(PROBE).logits, adapted_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_merged_model_loads_without_sorth_or_peft(
+    merged_dir: Path, adapted_logits: torch.Tensor
+) -> None:
     plain = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_SORTH, str(out), json.dumps(PROBE.tolist())],
+        [sys.executable, "-c", LOAD_WITHOUT_SORTH, str(merged_dir), json.dumps(PROBE.tolist())],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert plain.returncode == 0, plain.stderr
     got = torch.tensor(json.loads(plain.stdout.strip().splitlines()[-1]))
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, adapted_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_merge_errors(
@@ -255,6 +275,12 @@ def test_merge_a_diffusers_pipeline(capsys: pytest.CaptureFixture[str], tmp_path
         )  # fmt: skip
     assert (tmp_path / "merged" / "model_index.json").is_file()
     assert (tmp_path / "merged" / "tokenizer").is_dir()
+    # inspect reads the per-component layout too
+    code, out, _ = run(capsys, "inspect", tmp_path / "adapter", "--json")
+    assert code == 0
+    info = json.loads(out)["unet"]
+    assert len(info["layers"]) == 32  # to_q/k/v/out.0 of the tiny UNet's 8 attention modules
+    assert info["total_params"] == sum(p.numel() for p in adapted.parameters() if p.requires_grad)
 
 
 # --------------------------------------------------------------------------------- plot
