@@ -14,7 +14,6 @@ never as a stack trace.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
@@ -22,12 +21,13 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from integrations.io import atomic_dir, atomic_file
 
 __all__ = [
     "RecipeError",
@@ -50,8 +50,6 @@ __all__ = [
 T = TypeVar("T")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -211,45 +209,6 @@ def resolve_pretrained(name_or_path: str, what: str = "model") -> str:
 # --------------------------------------------------------------------------- atomic saving
 
 
-@contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``final``; on success it replaces ``final`` at once.
-
-    On any exception the temporary folder is removed and ``final`` is left untouched.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path next to ``final``; on success ``os.replace`` it into place."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, final)
-
-
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_file(path) as tmp:
@@ -273,8 +232,13 @@ def make_accelerator(
 
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise RecipeError("--mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    # Note [cpu ranks]: with no GPU, cpu=True lets `accelerate launch --multi_gpu
+    # --num_processes N` (torchrun) form a gloo process group (DistributedType.MULTI_CPU);
+    # accelerate 1.15's `--cpu` flag alone starts a single process unless MPI is set up.
     accelerator = Accelerator(
-        mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
     set_seed(seed)
     return accelerator

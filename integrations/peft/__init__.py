@@ -32,6 +32,7 @@ __all__ = [
     "count_parameters",
     "load_adapter",
     "make_peft_config",
+    "merge_and_unload",
 ]
 
 SORTH_METHODS: dict[str, dict[str, str]] = {
@@ -133,4 +134,24 @@ def load_adapter(model: Any, adapter_dir: str | Path, *, merge: bool = False, **
     import sorth  # noqa: F401 - registers the sorth PEFT type
 
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), **kwargs)
-    return peft_model.merge_and_unload() if merge else peft_model
+    return merge_and_unload(peft_model) if merge else peft_model
+
+
+def merge_and_unload(peft_model: Any) -> Any:
+    """``peft_model.merge_and_unload()`` that also works with non-Linear ``modules_to_save``.
+
+    Note [modules_to_save merge]: on peft 0.21.2, ``merge_and_unload`` of an OFT/BOFT (and
+    sorth) model whose ``modules_to_save`` holds a module without ``.weight`` (RoBERTa's
+    ``RobertaClassificationHead``) raises ``AttributeError: ... has no attribute 'weight'``;
+    LoRA is unaffected. The trained copies are put in place of their wrappers first, so every
+    method merges the same way. Modifies ``peft_model``; returns the plain base model.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    base = peft_model.get_base_model()
+    wrappers = [(n, m) for n, m in base.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    for name, wrapper in wrappers:
+        parent_name, _, child = name.rpartition(".")
+        parent = base.get_submodule(parent_name) if parent_name else base
+        setattr(parent, child, wrapper.modules_to_save[wrapper.active_adapters[0]])
+    return peft_model.merge_and_unload()

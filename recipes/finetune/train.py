@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.peft import METHODS, count_parameters, make_peft_config
+from integrations.accelerate import rank_max_abs_diff, save_adapter
+from integrations.peft import METHODS, count_parameters, make_peft_config, merge_and_unload
 from recipes.common import (
     RecipeError,
     StepTimer,
@@ -289,27 +290,6 @@ def _metric(cfg: FinetuneConfig, num_labels: int) -> tuple[str, bool]:
     return cfg.metric, True
 
 
-def _rank_spread(accelerator: Any, model: Any) -> float:
-    """Largest difference between processes of any trainable parameter (0.0 on one process)."""
-    import torch
-
-    flat = torch.cat(
-        [p.detach().double().flatten() for p in model.parameters() if p.requires_grad]
-    ).to(accelerator.device)
-    every = accelerator.gather(flat[None])
-    return float((every - every[0]).abs().max().item())
-
-
-def _save_adapter(accelerator: Any, model: Any, folder: Path, tokenizer: Any = None) -> None:
-    """Main process only, atomically: ``save_pretrained`` of the adapter (and tokenizer)."""
-    if accelerator.is_main_process:
-        with atomic_dir(folder) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-    accelerator.wait_for_everyone()
-
-
 def _lr_lambda(warmup: int, total: int) -> Any:
     def factor(step: int) -> float:
         if step < warmup:
@@ -326,6 +306,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     _check(cfg)
+    resolve_pretrained(cfg.model)  # fail fast, before the heavy imports
     accelerator = make_accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -404,7 +385,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
                     }
                 )
                 if ev[metric] == best(h[metric] for h in history if metric in h and h["step"] > 0):
-                    _save_adapter(accelerator, model, out / "best", tokenizer)
+                    save_adapter(accelerator, model, out / "best", tokenizer)
             if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
                 save_checkpoint(
                     accelerator,
@@ -419,7 +400,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
                 break
             timer.start()
     bar.close()
-    _save_adapter(accelerator, model, out / "adapter", tokenizer)
+    save_adapter(accelerator, model, out / "adapter", tokenizer)
     result = {
         "config": asdict(cfg),
         "trainable_parameters": trainable,
@@ -433,7 +414,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         "history": history,
         "best": best((h for h in history if h["step"] > 0), key=lambda h: h[metric], default=None),
         "num_processes": accelerator.num_processes,
-        "rank_max_abs_diff": _rank_spread(accelerator, model),
+        "rank_max_abs_diff": rank_max_abs_diff(accelerator, model),
     }
     if cfg.export_merged:
         _export_merged(accelerator, model, tokenizer, out / "merged")
@@ -449,7 +430,7 @@ def _export_merged(accelerator: Any, model: Any, tokenizer: Any, folder: Path) -
     import copy
 
     if accelerator.is_main_process:
-        merged = copy.deepcopy(accelerator.unwrap_model(model)).merge_and_unload()
+        merged = merge_and_unload(copy.deepcopy(accelerator.unwrap_model(model)))
         with atomic_dir(folder) as tmp:
             merged.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
