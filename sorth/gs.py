@@ -30,15 +30,15 @@ from collections.abc import Sequence
 
 import torch
 
-from sorth.blockdiag import blockdiag_apply, blockdiag_to_dense
+from sorth.blockdiag import blockdiag_to_dense
 from sorth.errors import BlockSizeError, ShapeError, check_positive_int, divisors
 from sorth.permutations import (
     butterfly_permutation,
     compose_permutations,
     gs_permutation,
+    gs_shuffle_groups,
     invert_permutation,
     permutation_matrix,
-    permute,
     validate_permutation,
 )
 
@@ -65,11 +65,152 @@ def gs_apply(
         perms: ``m + 1`` index vectors (or ``None``).
 
     Returns:
-        ``(..., n_out)`` with ``n_out = k_m · b_out_m``. Batched matmuls and index shuffles only.
+        ``(..., n_out)`` with ``n_out = k_m · b_out_m``. One ``bmm`` per factor; shuffles of the
+        form ``P_(k,n)`` are reshapes + transposes, other permutations gathers (see
+        Note [GS kernel]).
     """
-    for B, P in zip(factors, perms, strict=False):
-        x = blockdiag_apply(permute(x, P), B)
-    return permute(x, perms[-1])
+    return _gs_apply_planned(x, list(factors), shuffle_plan(perms))
+
+
+# Note [GS kernel]: between factors the activations are kept *transposed*, as ``(n, M)`` rows
+# (``M`` = all batch dims flattened), so that every shuffle is a view or a row gather and each
+# factor is one ``torch.bmm``: ``P_(q,n)`` on rows is ``T.view(n/q, q, M).transpose(0, 1)``, a
+# ``(q, n/q, M)`` stack of BLAS-ready strided matrices, exactly the blocks of a following factor
+# with ``q`` blocks; ``None`` is ``T.view(k, b, M)``; any other permutation is
+# ``T.index_select(0, perm)`` (contiguous rows). The input ``x`` enters as the free view
+# ``x.T`` and the last factor is computed untransposed, ``(k, M, b)``, so the only copies are
+# one or two 2-D transposes: GSOFT ``Pᵀ L P R x`` is two ``bmm`` and one blocked 2-D transpose
+# (``P_(b,n)`` at the exit). The autograd function saves only ``x`` and the factors and recomputes
+# the block inputs in the backward (``m − 1`` ``bmm``), so a GS layer keeps no activations.
+Shuffle = int | torch.Tensor | None  # None: identity; q: P_(q, n); tensor: index vector
+ShufflePlan = tuple[tuple[Shuffle, Shuffle], ...]  # (P_i, P_iᵀ) for i = 1 … m+1
+
+
+def shuffle_plan(perms: Sequence[Perm]) -> ShufflePlan:
+    """``(P_i, P_iᵀ)`` of every permutation, as ``None`` / ``P_(q,n)``'s ``q`` / index vector."""
+    plan = []
+    for P in perms:
+        P = None if P is None else P.long()
+        q = None if P is None else gs_shuffle_groups(P)
+        if P is None or q == 1:
+            plan.append((None, None))
+        elif q is not None:
+            plan.append((q, P.numel() // q))  # P_(q,n)ᵀ = P_(n/q,n)
+        else:
+            plan.append((P, invert_permutation(P)))
+    return tuple(plan)
+
+
+def _row_blocks(T: torch.Tensor, s: Shuffle, k: int) -> torch.Tensor:
+    """Rows ``(n, M)`` -> ``(k, n/k, M)`` blocks of ``P @ T`` (a view whenever possible)."""
+    n, M = T.shape
+    if isinstance(s, int):
+        PT = T.reshape(n // s, s, M).transpose(0, 1)  # (s, n/s, M), Note [scatter]
+        return PT if s == k else PT.reshape(k, n // k, M)
+    if s is not None:
+        T = T.index_select(0, s)
+    return T.reshape(k, n // k, M)
+
+
+def _shuffle_flat(h: torch.Tensor, s: Shuffle) -> torch.Tensor:
+    """``P @ h`` for flat ``h``: ``(M, n) -> (M, n)``."""
+    if s is None:
+        return h
+    M, n = h.shape
+    if isinstance(s, int):
+        return h.reshape(M, n // s, s).transpose(1, 2).reshape(M, n)  # Note [scatter]
+    return h.index_select(1, s)
+
+
+def _to_blocks(h: torch.Tensor, s: Shuffle, k: int) -> torch.Tensor:
+    """Flat ``(M, n)`` -> ``(k, M, n/k)`` contiguous blocks of ``P @ h``."""
+    M, n = h.shape
+    if isinstance(s, int) and s == k:  # block g of P_(k,n) h is h[:, g::k]: one 2-D transpose
+        return h.reshape(M * (n // k), k).t().contiguous().view(k, M, n // k)
+    return _shuffle_flat(h, s).reshape(M, k, n // k).transpose(0, 1).contiguous()
+
+
+def _from_blocks(y: torch.Tensor, s: Shuffle) -> torch.Tensor:
+    """``(k, M, b)`` blocks -> flat ``(M, k·b)`` ``P @ y``."""
+    k, M, b = y.shape
+    if isinstance(s, int) and s == b:  # P_(b,n): out[m, c·k + j] = y[j, m, c], one 2-D transpose
+        return y.reshape(k, M * b).t().contiguous().view(M, k * b)
+    return _shuffle_flat(y.transpose(0, 1).reshape(M, k * b), s)
+
+
+def _entry_blocks(h: torch.Tensor, s: Shuffle, k: int) -> torch.Tensor:
+    """First factor's blocks ``(k, b, M)`` of ``(P_1 hᵀ)`` from flat ``h`` ``(M, n)``."""
+    if s is not None and not isinstance(s, int):
+        return h.index_select(1, s).t().reshape(k, h.shape[1] // k, h.shape[0])
+    return _row_blocks(h.t(), s, k)
+
+
+def _block_inputs(
+    h: torch.Tensor, factors: Sequence[torch.Tensor], plan: ShufflePlan
+) -> list[torch.Tensor]:
+    """Transposed block inputs ``(k_i, b_in_i, M)`` of every factor (``m − 1`` bmm)."""
+    hb = _entry_blocks(h, plan[0][0], factors[0].shape[0])
+    inputs = [hb]
+    for i in range(1, len(factors)):
+        T = torch.bmm(factors[i - 1], hb)  # (k, b_out, M) = rows (n, M)
+        hb = _row_blocks(T.flatten(0, 1), plan[i][0], factors[i].shape[0])
+        inputs.append(hb)
+    return inputs
+
+
+class _GSApply(torch.autograd.Function):
+    """``y = A x`` (Note [GS kernel]) with a hand-written, recomputing backward.
+
+    With ``H_i`` = the transposed block input of factor ``i`` (``(k, b_in, M)``) and
+    ``G_i = ∂ℓ/∂(B_i H_i)`` (``(k, b_out, M)``): ``∂ℓ/∂B_i = G_i H_iᵀ`` and
+    ``G_{i-1} = blocks(P_iᵀ · rows(B_iᵀ G_i))`` per block; ``∂ℓ/∂x = P_1ᵀ (B_1ᵀ G_1)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, plan: ShufflePlan, *factors: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])  # (M, n_in)
+        H = _block_inputs(h, factors, plan)[-1]  # (k, b_in, M)
+        y = torch.bmm(H.mT, factors[-1].mT)  # (k, M, b_out), untransposed for the exit
+        out = _from_blocks(y, plan[-1][0])  # (M, n_out)
+        ctx.plan = plan
+        ctx.save_for_backward(x, *factors)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, *factors = ctx.saved_tensors
+        plan, m = ctx.plan, len(factors)
+        need_x, need_f = ctx.needs_input_grad[0], ctx.needs_input_grad[2:]
+        h = x.reshape(-1, x.shape[-1])
+        inputs = _block_inputs(h, factors, plan) if any(need_f) else [None] * m
+        g = _to_blocks(grad.reshape(-1, grad.shape[-1]), plan[-1][1], factors[-1].shape[0])
+        G = g.mT  # (k, b_out, M)
+        grads: list[torch.Tensor | None] = [None] * m
+        for i in range(m - 1, 0, -1):
+            if need_f[i]:
+                grads[i] = torch.bmm(G, inputs[i].mT)  # (k, b_out, b_in)
+            T = torch.bmm(factors[i].mT, G)  # (k, b_in, M) = rows of P_i · (previous output)
+            G = _row_blocks(T.flatten(0, 1), plan[i][1], factors[i - 1].shape[0])
+        if need_f[0]:
+            grads[0] = torch.bmm(G, inputs[0].mT)
+        gx = None
+        if need_x:
+            gh = torch.bmm(G.mT, factors[0])  # (k, M, b_in)
+            gx = _from_blocks(gh, plan[0][1]).view(x.shape)
+        return gx, None, *grads
+
+
+def _gs_apply_planned(
+    x: torch.Tensor, factors: list[torch.Tensor], plan: ShufflePlan
+) -> torch.Tensor:
+    """:func:`gs_apply` with a precomputed :func:`shuffle_plan`; casts once under autocast."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, factors = x.to(dtype), [B.to(dtype) for B in factors]
+        with torch.autocast(device, enabled=False):
+            return _GSApply.apply(x, plan, *factors)
+    return _GSApply.apply(x, plan, *factors)
 
 
 def gs_apply_reference(
@@ -196,10 +337,12 @@ class GSMatrix:
         ]
 
     @classmethod
-    def _trusted(cls, factors: list[torch.Tensor], perms: list[Perm]) -> GSMatrix:
+    def _trusted(
+        cls, factors: list[torch.Tensor], perms: list[Perm], plan: ShufflePlan | None = None
+    ) -> GSMatrix:
         """Build without validation (hot path: the inputs come from validated objects)."""
         self = cls.__new__(cls)
-        self.factors, self.perms = factors, perms
+        self.factors, self.perms, self._plan = factors, perms, plan
         return self
 
     # ----------------------------------------------------------------- named constructors
@@ -339,7 +482,15 @@ class GSMatrix:
         n_in = self.shape[1]
         if x.shape[-1] != n_in:
             raise ShapeError(f"input has last dim {x.shape[-1]}, this GS matrix takes {n_in}.")
-        return gs_apply(x, self.factors, self.perms)
+        return _gs_apply_planned(x, self.factors, self.plan)
+
+    @property
+    def plan(self) -> ShufflePlan:
+        """How :meth:`apply` performs each permutation (:func:`shuffle_plan`), built once."""
+        plan = getattr(self, "_plan", None)
+        if plan is None:
+            plan = self._plan = shuffle_plan(self.perms)
+        return plan
 
     def __matmul__(self, other: torch.Tensor | GSMatrix) -> torch.Tensor | GSMatrix:
         if isinstance(other, GSMatrix):
@@ -355,7 +506,9 @@ class GSMatrix:
         """``Aᵀ = P_1ᵀ B_1ᵀ P_2ᵀ ··· B_mᵀ P_{m+1}ᵀ``, still in the GS class."""
         factors = [B.mT for B in reversed(self.factors)]
         perms = [None if P is None else invert_permutation(P) for P in reversed(self.perms)]
-        return GSMatrix._trusted(factors, perms)
+        plan = getattr(self, "_plan", None)
+        plan = None if plan is None else tuple((inv, fwd) for fwd, inv in reversed(plan))
+        return GSMatrix._trusted(factors, perms, plan)
 
     def compose(self, other: GSMatrix) -> GSMatrix:
         """``self · other`` as one GS matrix with ``m_self + m_other`` factors."""

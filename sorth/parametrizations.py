@@ -30,7 +30,13 @@ import torch
 from torch import nn
 
 from sorth.errors import BlockSizeError, check_choice, check_positive_int
-from sorth.gs import GSMatrix, min_butterfly_factors_for_density, resolve_blocks
+from sorth.gs import (
+    GSMatrix,
+    ShufflePlan,
+    min_butterfly_factors_for_density,
+    resolve_blocks,
+    shuffle_plan,
+)
 from sorth.orthogonal import METHODS, Method, orthogonal_blocks, skew, unpack_skew
 from sorth.permutations import compose_permutations, invert_permutation
 
@@ -130,6 +136,16 @@ class GSOrthogonal(nn.Module):
             if P is not None:
                 self.register_buffer(name, P.to(device), persistent=False)
             self._perm_names.append(name)
+        # Note [shuffle plan]: how each permutation is applied (sorth.gs.shuffle_plan) is decided
+        # once, here; general permutations keep their inverse as a buffer, so the forward does
+        # no data-dependent work (no device sync, torch.compile fullgraph friendly).
+        self._plan_kinds: list[tuple[int, int] | str | None] = []
+        for i, (fwd, inv) in enumerate(shuffle_plan(template.perms)):
+            if isinstance(fwd, torch.Tensor):
+                self.register_buffer(f"perm_{i}_inv", inv.to(device), persistent=False)
+                self._plan_kinds.append("index")
+            else:
+                self._plan_kinds.append(None if fwd is None else (fwd, inv))
 
     @staticmethod
     def _resolve_factors(structure: str, n: int, r: int, b: int, n_factors: int | None) -> int:
@@ -184,7 +200,17 @@ class GSOrthogonal(nn.Module):
         factors = self.orthogonal_factors()
         if dtype is not None:
             factors = [Q.to(dtype) for Q in factors]
-        return GSMatrix._trusted(factors, self.perms)
+        return GSMatrix._trusted(factors, self.perms, self._shuffle_plan())
+
+    def _shuffle_plan(self) -> ShufflePlan:
+        """The :func:`~sorth.gs.shuffle_plan` of the current buffers (see Note [shuffle plan])."""
+        plan = []
+        for i, kind in enumerate(self._plan_kinds):
+            if kind == "index":
+                plan.append((getattr(self, f"perm_{i}"), getattr(self, f"perm_{i}_inv")))
+            else:
+                plan.append((None, None) if kind is None else kind)
+        return tuple(plan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``Q @ x`` on the last dim, in ``x``'s dtype: ``(..., n) -> (..., n)``."""

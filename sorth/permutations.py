@@ -23,6 +23,7 @@ __all__ = [
     "butterfly_permutation",
     "compose_permutations",
     "gs_permutation",
+    "gs_shuffle_groups",
     "identity_permutation",
     "invert_permutation",
     "is_identity_permutation",
@@ -60,6 +61,23 @@ def gs_permutation(k: int, n: int, *, device: torch.device | str | None = None) 
     """
     _check_divides(k, n)
     return torch.arange(n, device=device).reshape(n // k, k).T.reshape(n)
+
+
+def gs_shuffle_groups(perm: torch.Tensor) -> int | None:
+    """The ``k`` with ``perm == gs_permutation(k, n)``, or ``None`` if ``perm`` is no ``P_(k,n)``.
+
+    Recognises the paper's shuffle so that the hot path can apply it as the free reshape +
+    transpose ``x.reshape(n//k, k).T`` instead of a gather (see Note [scatter]). The identity is
+    ``P_(1,n)`` and returns 1. ``P_(k,n)`` has ``perm[1] == k`` whenever ``k < n``, so the test
+    costs one scalar read and one length-``n`` comparison.
+    """
+    n = perm.numel()
+    if n <= 1:
+        return 1
+    k = int(perm[1])
+    if k < 1 or n % k:
+        return None
+    return k if torch.equal(perm, gs_permutation(k, n, device=perm.device)) else None
 
 
 def paired_permutation(k: int, n: int, *, device: torch.device | str | None = None) -> torch.Tensor:

@@ -1,0 +1,64 @@
+"""Smoke test of ``recipes/benchmark.py`` on tiny sizes: it runs and writes its outputs.
+
+No timing is asserted (CI machines are noisy); only that every figure is produced.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("peft")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("sorth_benchmark", ROOT / "recipes/benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--hidden", "64", "--layers", "1", "--tokens", "8", "--block-size", "8"]
+TINY += ["--reps", "1", "--warmup", "0", "--threads", "1"]
+
+
+def test_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
+    bench = _benchmark()
+    methods = "lora,peft_oft,peft_boft,peft_boft_shim,gs,both,butterfly,oft"
+    argv = [*TINY, "--methods", methods, "--no-memory", "--out", str(tmp_path)]
+    argv += ["--sweep", "32,64", "--sweep-tokens", "4", "--sweep-reps", "1"]
+    bench.main(argv)
+    res = json.loads((tmp_path / "benchmark.json").read_text())
+    rows = res["main"]["rows"]
+    assert list(rows) == methods.split(",")
+    for row in rows.values():
+        for key in ("train_step_ms", "infer_unmerged_ms", "infer_merged_ms", "trainable_params"):
+            assert row[key] > 0
+        assert row["checkpoint_bytes"] > 0
+    assert rows["peft_boft_shim"]["butterfly_factors"] == 4  # 1 + log2(64 / 8)
+    assert rows["butterfly"]["butterfly_factors"] == 4
+    if rows["peft_boft"]["butterfly_factors"] != 4:  # no fbd_cuda: PEFT fell back (D5)
+        assert "fbd_cuda fallback" in rows["peft_boft"]["notes"][0]
+    assert set(res["sweep"]["steps"]["gs"]) == {"32", "64"}
+    assert res["kernel"]["fwd_throughput_vs_bmm"] > 0
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "| target | threshold | measured | met |" in table
+    assert "sorth GSOFT (`gs`)" in table
+    assert (tmp_path / "step_time_vs_d.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_memory_probe_runs_in_a_fresh_process(tmp_path: Path) -> None:
+    bench = _benchmark()
+    mem = bench.memory_in_fresh_process("gs", [*TINY, "--out", str(tmp_path)])
+    assert mem is not None
+    assert mem["peak_mb"] > 0
+    assert mem["step_mb"] >= 0
