@@ -61,7 +61,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "peft_oft_neumann": ("PEFT OFT", "b={b}, Cayley-Neumann (5 terms)"),
     "peft_boft": ("PEFT BOFT", "b={b}, m={m} requested"),
     "peft_boft_shim": ("PEFT BOFT + CPU fbd", "b={b}, m={m} (pure-torch fbd_cuda stand-in)"),
-    "gs": ("sorth GSOFT", "gs, b={b}, dense"),
+    "gs": ("sorth GSOFT", "gs, b={b}, dense, with scale s"),
+    "gs_noscale": ("sorth GSOFT", "gs, b={b}, dense, scale=False"),
     "both": ("sorth Double GSOFT", "gs both sides, b={b}"),
     "butterfly": ("sorth butterfly", "BOFT structure, b={b}, m = 1 + log2 r"),
     "oft": ("sorth OFT", "block-diagonal, b={b}"),
@@ -206,8 +207,8 @@ def peft_config(name: str, w: Workload, s: Settings):
         m = butterfly_factors(w.widths, b)
         return BOFTConfig(boft_block_size=b, boft_n_butterfly_factor=m, target_modules=t)
     kw = {"target_modules": t, "block_size": b}
-    if name == "gs":
-        return SOrthConfig(structure="gs", **kw)
+    if name in ("gs", "gs_noscale"):
+        return SOrthConfig(structure="gs", scale=name == "gs", **kw)
     if name == "both":
         return SOrthConfig(structure="gs", side="both", **kw)
     if name == "butterfly":
@@ -648,6 +649,13 @@ def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
         "GSOFT training-step memory / LoRA (peak RSS increase of the step)",
         "≤ 1.10×",
         gm / lm if gm and lm else None,
+        lambda v: v <= 1.10,
+    )
+    nm = get("gs_noscale", "step_mb")
+    add(
+        "  … the same for GSOFT with scale=False (LoRA has no scale)",
+        "≤ 1.10×",
+        nm / lm if nm and lm else None,
         lambda v: v <= 1.10,
     )
     k = res.get("kernel")

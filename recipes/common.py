@@ -35,6 +35,7 @@ __all__ = [
     "atomic_dir",
     "atomic_file",
     "cli",
+    "fast_forward",
     "find_checkpoint",
     "load_checkpoint",
     "make_accelerator",
@@ -322,6 +323,14 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
         )
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     return json.loads((path / "state.json").read_text())
+
+
+def fast_forward(scheduler: Any, steps: int) -> None:
+    """Put a ``LambdaLR`` at ``steps`` when resuming (closed form, no optimizer step needed)."""
+    scheduler.last_epoch = steps
+    groups = scheduler.optimizer.param_groups
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(steps)
 
 
 class StepTimer:

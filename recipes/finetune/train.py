@@ -38,6 +38,7 @@ from recipes.common import (
     StepTimer,
     atomic_dir,
     cli,
+    fast_forward,
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
@@ -337,8 +338,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     if resume is not None:
         state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer)
         step, history = state["step"], state.get("history", [])
-        for _ in range(step):
-            scheduler.step()
+        fast_forward(scheduler, step)
     metric, higher = _metric(cfg, data.num_labels)
     best = max if higher else min
     eval_every = cfg.eval_steps or per_epoch

@@ -35,6 +35,7 @@ from recipes.common import (
     StepTimer,
     atomic_file,
     cli,
+    fast_forward,
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
@@ -208,8 +209,10 @@ def run(cfg: LipConvNetConfig) -> dict[str, Any]:
     )
     test_loader = DataLoader(test, 256)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    milestones = [cfg.epochs // 2, (3 * cfg.epochs) // 4]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    milestones = [max(1, cfg.epochs // 2), max(1, (3 * cfg.epochs) // 4)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: 0.1 ** sum(epoch >= m for m in milestones)
+    )
     augment = {"auto": "crop" if cfg.dataset == "digits" else "crop_flip"}.get(
         cfg.augment, cfg.augment
     )
@@ -218,8 +221,7 @@ def run(cfg: LipConvNetConfig) -> dict[str, Any]:
     if resume is not None:
         state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer)
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        for _ in range(start_epoch):
-            scheduler.step()
+        fast_forward(scheduler, start_epoch)
     timer = StepTimer()
     show = cfg.progress and accelerator.is_local_main_process
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
