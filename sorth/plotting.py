@@ -102,8 +102,8 @@ def structure_data(
 
     For GSOFT (``structure="gs"``, 2 factors) this is ``[Pᵀ, L, P, R, Q]`` with ``P = P_(r, n)``;
     identity permutations are left out. Factor masks are ``diag(1_{b×b}, …)``; permutation masks
-    are the matrices ``P`` with ``P @ x == x[perm]`` (Note [scatter] in
-    `sorth.permutations`); the product mask is `sorth.GSMatrix.support`.
+    are the matrices ``P`` with ``P @ x == x[perm]`` (Note [scatter] in `sorth.permutations`);
+    the product mask equals `sorth.GSMatrix.support` (computed by `chain_support`).
 
     Args:
         n: feature size (``≤ MAX_PLOT_N``).
@@ -128,7 +128,7 @@ def structure_data(
             panels.append(Panel(pnames[i], "perm", permutation_matrix(perms[i]) > 0))
         if i > 0:
             panels.append(Panel(fnames[i - 1], "factor", blockdiag_to_dense(ones[i - 1]) > 0))
-    panels.append(Panel(qname, "product", GSMatrix(ones, perms).support()))
+    panels.append(Panel(qname, "product", chain_support(GSMatrix(ones, perms))))
     return panels
 
 
