@@ -139,6 +139,25 @@ class SOrthModel(BaseTuner):
             new_module.requires_grad_(False)  # an additional adapter is not trainable by default
         self._replace_module(parent, target_name, new_module, target)
 
+    def _replace_module(
+        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
+    ) -> None:
+        """Put ``new_module`` in place of ``child`` and move its adapter parts to the base device.
+
+        Unlike ``BaseTuner._replace_module`` this never copies ``child.weight`` onto the new
+        module: on unload, ``modules_to_save`` copies (e.g. RoBERTa's classification head, which
+        has no ``weight``) are put back as they are, as PEFT's LoRA does.
+        """
+        setattr(parent, child_name, new_module)
+        base = getattr(child, "base_layer", child)
+        weight = next(base.parameters(), None)
+        if weight is None or weight.device.type == "meta":
+            return
+        for name, module in new_module.named_modules():
+            # adapter parts still on "meta" (low_cpu_mem_usage) are materialised by the load
+            if self.prefix in name and not any(p.is_meta for p in module.parameters()):
+                module.to(weight.device)
+
     # ------------------------------------------------------------- mixed batches
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:

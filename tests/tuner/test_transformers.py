@@ -134,6 +134,12 @@ def test_roberta_classifier_modules_to_save_round_trip(tmp_path) -> None:
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(tiny_roberta_cls(), tmp_path)
     torch.testing.assert_close(_logits(loaded), y, rtol=0, atol=0)
+    # merge_and_unload keeps the trained head (RobertaClassificationHead has no `.weight`)
+    merged = loaded.merge_and_unload()
+    assert type(merged.classifier).__name__ == "RobertaClassificationHead"
+    assert not any("sorth_" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(_logits(merged), y, **tol(torch.float32))
+    assert (_logits(merged) - _logits(tiny_roberta_cls())).abs().max() > 1e-3
 
 
 def test_transformers_add_adapter_and_load_adapter(tmp_path) -> None:
