@@ -474,12 +474,12 @@ def run_main(s: Settings, argv: list[str]) -> dict:
             row["butterfly_factors"] = sorth_factors(model)
         rows[name] = row
 
-    def timed(kind: str, fns: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+    def timed(kind: str, fns: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
         """Interleaved rounds; HEAVY methods (dense d×d per step) get their own short loop."""
         light = {n: f for n, f in fns.items() if n not in HEAVY}
         heavy = {n: f for n, f in fns.items() if n in HEAVY}
-        print(f"timing {kind} ({s.reps} interleaved rounds) ...", flush=True)
-        out = interleaved(light, s.reps, s.warmup, s.device, verbose=True)
+        print(f"timing {kind} ({reps} interleaved rounds) ...", flush=True)
+        out = interleaved(light, reps, s.warmup, s.device, verbose=True)
         for n, f in heavy.items():
             print(f"timing {kind} of {n} ({s.heavy_reps} rounds, not interleaved) ...", flush=True)
             out[n] = interleaved({n: f}, s.heavy_reps, 1, s.device, verbose=True)[n]
@@ -489,11 +489,11 @@ def run_main(s: Settings, argv: list[str]) -> dict:
         return out
 
     steps = {n: make_step(m, w) for n, m in models.items()}
-    for n, t in timed("training steps", steps).items():
+    for n, t in timed("training steps", steps, s.reps).items():
         rows[n]["train_step_ms"] = 1e3 * median(t)
         rows[n]["train_step_all_ms"] = [1e3 * x for x in t]
     infers = {n: make_infer(m, w) for n, m in models.items()}
-    for n, t in timed("inference (unmerged)", infers).items():
+    for n, t in timed("inference (unmerged)", infers, 2 * s.reps).items():
         rows[n]["infer_unmerged_ms"] = 1e3 * median(t)
     for m in models.values():
         with warnings.catch_warnings():
@@ -501,7 +501,7 @@ def run_main(s: Settings, argv: list[str]) -> dict:
             m.merge_adapter()
     merged = {n: make_infer(m, w) for n, m in models.items()}
     merged["base"] = make_infer(w.model, w)
-    tm = timed("inference (merged; and the bare base model)", merged)
+    tm = timed("inference (merged; and the bare base model)", merged, 2 * s.reps)
     base_infer = 1e3 * median(tm.pop("base"))
     for n, t in tm.items():
         rows[n]["infer_merged_ms"] = 1e3 * median(t)
@@ -630,11 +630,11 @@ def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
             pb / bf if pb and bf else None,
             lambda v: v >= 5,
         )
-    base = res["main"]["base_infer_ms"]
+    base = res.get("main", {}).get("base_infer_ms")
     add(
         "GSOFT merged inference / base model",
         "≤ 1.02×",
-        get("gs", "infer_merged_ms") / base if get("gs", "infer_merged_ms") else None,
+        get("gs", "infer_merged_ms") / base if base and get("gs", "infer_merged_ms") else None,
         lambda v: v <= 1.02,
     )
     li, gi = get("lora", "infer_unmerged_ms"), get("gs", "infer_unmerged_ms")
@@ -690,8 +690,8 @@ def main_table(main: dict, s: Settings) -> list[str]:
     )
     lines = [
         f"Workload: {what}; targets {', '.join(LLAMA_TARGETS if not s.unet else UNET_TARGETS)}; "
-        f"block size b={s.block_size}; medians of {s.reps} interleaved rounds after "
-        f"{s.warmup} warm-up round(s).",
+        f"block size b={s.block_size}; medians of {s.reps} (training) and {2 * s.reps} "
+        f"(inference) interleaved rounds after {s.warmup} warm-up round(s).",
         "",
         "| method | structure | trainable | checkpoint | train step ms | ×LoRA | "
         "infer unmerged ms | ×LoRA | infer merged ms | ×base | step memory MB | ×LoRA | notes |",
