@@ -241,14 +241,13 @@ def min_factors_for_density(n: int, block_size: int) -> int:
 
     ``m = 1 + ⌈log_b r⌉`` (exact integer arithmetic): each input reaches at most ``b^m`` outputs.
     """
-    r = _blocks_for(n, block_size)
-    m, reach = 1, block_size
+    _blocks_for(n, block_size)  # validates that block_size divides n
     if block_size == 1:
         return 1 if n == 1 else n  # no mixing ever happens with 1×1 blocks
+    m, reach = 1, block_size
     while reach < n:
         reach *= block_size
         m += 1
-    del r
     return m
 
 
