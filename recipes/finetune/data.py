@@ -83,6 +83,18 @@ def _split(
     return pick(order[k:]), pick(order[:k])
 
 
+def _split_and_subsample(
+    train: dict[str, list[Any]],
+    eval_rows: dict[str, list[Any]] | None,
+    fraction: float,
+    limits: tuple[int, int],
+    seed: int,
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """:func:`_split`, then cap the train / eval rows at ``limits`` (0 = no cap)."""
+    train, eval_rows = _split(train, eval_rows, fraction, seed)
+    return _subsample(train, limits[0], seed), _subsample(eval_rows, limits[1], seed)
+
+
 def tokenize_classification(
     tokenizer: Any,
     train: dict[str, list[Any]],
@@ -97,8 +109,7 @@ def tokenize_classification(
     seed: int,
 ) -> TextData:
     """Tokenize sentence (pair) classification or regression data; map labels to ``0..C-1``."""
-    train, eval_rows = _split(train, eval_rows, eval_fraction, seed)
-    train, eval_rows = _subsample(train, limits[0], seed), _subsample(eval_rows, limits[1], seed)
+    train, eval_rows = _split_and_subsample(train, eval_rows, eval_fraction, limits, seed)
     values = train[label_column]
     regression = all(isinstance(v, float) for v in values) and any(v != int(v) for v in values)
     names: tuple[str, ...] = () if regression else tuple(sorted({str(v) for v in values}))
@@ -139,8 +150,7 @@ def tokenize_causal(
     seed: int,
 ) -> TextData:
     """Tokenize instruction data: labels are ``-100`` on the prompt, the response is learned."""
-    train, eval_rows = _split(train, eval_rows, eval_fraction, seed)
-    train, eval_rows = _subsample(train, limits[0], seed), _subsample(eval_rows, limits[1], seed)
+    train, eval_rows = _split_and_subsample(train, eval_rows, eval_fraction, limits, seed)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(rows: dict[str, list[Any]]) -> list[dict[str, Any]]:
