@@ -138,6 +138,19 @@ def _from_blocks(y: torch.Tensor, s: Shuffle) -> torch.Tensor:
     return _shuffle_flat(y.transpose(0, 1).reshape(M, k * b), s)
 
 
+def _bmm_flat(a: torch.Tensor, B: torch.Tensor, s: Shuffle) -> torch.Tensor:
+    """Flat ``(M, k·b)`` ``P @ blocks`` of ``bmm(a, B)`` (``(k, M, b)``). Without a shuffle
+    the ``bmm`` writes straight into the flat layout (a strided ``out=`` that BLAS takes as
+    its leading dimension): no ``(k, M, b)`` intermediate and no copy."""
+    differentiable = torch.is_grad_enabled() and (a.requires_grad or B.requires_grad)
+    if s is not None or a.dtype != B.dtype or differentiable:  # out= has no autograd
+        return _from_blocks(torch.bmm(a, B), s)
+    k, M, b = a.shape[0], a.shape[1], B.shape[2]
+    out = a.new_empty(M, k * b)
+    torch.bmm(a, B, out=out.view(M, k, b).transpose(0, 1))
+    return out
+
+
 def _entry_blocks(h: torch.Tensor, s: Shuffle, k: int) -> torch.Tensor:
     """First factor's blocks ``(k, b, M)`` of ``(P_1 hᵀ)`` from flat ``h`` ``(M, n)``."""
     if s is not None and not isinstance(s, int):
@@ -170,8 +183,7 @@ class _GSApply(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, plan: ShufflePlan, *factors: torch.Tensor) -> torch.Tensor:
         h = x.reshape(-1, x.shape[-1])  # (M, n_in)
         H = _block_inputs(h, factors, plan)[-1]  # (k, b_in, M)
-        y = torch.bmm(H.mT, factors[-1].mT)  # (k, M, b_out), untransposed for the exit
-        out = _from_blocks(y, plan[-1][0])  # (M, n_out)
+        out = _bmm_flat(H.mT, factors[-1].mT, plan[-1][0])  # (M, n_out)
         ctx.plan = plan
         ctx.save_for_backward(x, *factors)
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -195,8 +207,7 @@ class _GSApply(torch.autograd.Function):
             grads[0] = torch.bmm(G, inputs[0].mT)
         gx = None
         if need_x:
-            gh = torch.bmm(G.mT, factors[0])  # (k, M, b_in)
-            gx = _from_blocks(gh, plan[0][1]).view(x.shape)
+            gx = _bmm_flat(G.mT, factors[0], plan[0][1]).view(x.shape)  # P_1ᵀ B_1ᵀ G_1
         return gx, None, *grads
 
 

@@ -73,6 +73,32 @@ def _template(structure: str, shapes: list[tuple[int, int]]) -> GSMatrix:
     return GSMatrix.monarch(zeros[1], zeros[0])
 
 
+# Note [factor cache]: the Cayley solve (or exponential) of every block is recomputed on each
+# call while training, as autograd needs it. With gradients off, e.g. in ``model.generate``
+# where the adapter runs once per token, the factors are a function of the parameter values
+# only, so they are kept together with a snapshot of those values and reused only while every
+# parameter is bit-identical to its snapshot (``torch.equal``; a NaN never matches). This
+# catches every kind of update — optimizer steps, ``load_state_dict``, ``.to()``, and in-place
+# writes through ``p.data`` that bypass autograd's version counter — for the price of one
+# comparison of the (small) parameters, against a batched LU solve of every block. The cache is
+# a plain attribute: not in the state dict, not a buffer.
+class _FactorCache:
+    def __init__(self, module: GSOrthogonal, factors: list[torch.Tensor]):
+        self.meta = _cache_meta(module)
+        self.params = [p.detach().clone() for p in module.params]
+        self.factors = tuple(factors)
+
+    def matches(self, module: GSOrthogonal) -> bool:
+        return self.meta == _cache_meta(module) and all(
+            torch.equal(p, q) for p, q in zip(module.params, self.params, strict=True)
+        )
+
+
+def _cache_meta(module: GSOrthogonal) -> tuple:
+    shapes = tuple((p.shape, p.dtype, p.device) for p in module.params)
+    return (*shapes, module.method, module.neumann_terms, module.storage)
+
+
 class GSOrthogonal(nn.Module):
     """Orthogonal ``n × n`` GS matrix applied to the last dim: ``(..., n) -> (..., n)``.
 
@@ -173,18 +199,31 @@ class GSOrthogonal(nn.Module):
         return unpack_skew(p, b) if self.storage == "skew" else skew(p)
 
     def orthogonal_factors(self) -> list[torch.Tensor]:
-        """The orthogonal block tensors ``[(k_1, b_1, b_1), …]`` in the parameters' dtype."""
+        """The orthogonal block tensors ``[(k_1, b_1, b_1), …]`` in the parameters' dtype.
+
+        With gradients off (evaluation, generation, merging) the result is cached until a
+        parameter changes (Note [factor cache]).
+        """
+        if self.training and self.block_dropout > 0:
+            return [self._drop_blocks(Q) for Q in self._compute_factors()]
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._compute_factors()
+        cached = self.__dict__.get("_factor_cache")
+        if cached is None or not cached.matches(self):
+            cached = _FactorCache(self, self._compute_factors())
+            self.__dict__["_factor_cache"] = cached
+        return list(cached.factors)
+
+    def clear_cache(self) -> None:
+        """Drop the factors kept for gradient-free calls (Note [factor cache])."""
+        self.__dict__.pop("_factor_cache", None)
+
+    def _compute_factors(self) -> list[torch.Tensor]:
         skews = [self._skew(p, b) for p, (_, b) in zip(self.params, self._shapes, strict=True)]
         if self._uniform:  # one batched solve for all factors
             Q = orthogonal_blocks(torch.stack(skews), self.method, neumann_terms=self.neumann_terms)
-            factors = list(Q.unbind(0))
-        else:
-            factors = [
-                orthogonal_blocks(K, self.method, neumann_terms=self.neumann_terms) for K in skews
-            ]
-        if self.training and self.block_dropout > 0:
-            factors = [self._drop_blocks(Q) for Q in factors]
-        return factors
+            return list(Q.unbind(0))
+        return [orthogonal_blocks(K, self.method, neumann_terms=self.neumann_terms) for K in skews]
 
     def _drop_blocks(self, Q: torch.Tensor) -> torch.Tensor:
         keep = torch.rand(Q.shape[0], 1, 1, device=Q.device) >= self.block_dropout

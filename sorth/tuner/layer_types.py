@@ -38,8 +38,8 @@ class Linear(nn.Module, SOrthLayer):
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, weight)
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
 
 
 class Conv1D(Linear):
@@ -51,8 +51,11 @@ class Conv1D(Linear):
     def _feature_sizes(base: nn.Module) -> tuple[int, int]:
         return base.weight.shape[0], base.weight.shape[1]
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x @ weight
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        if bias is None:
+            return x @ weight
+        out = torch.addmm(bias.to(x.dtype), x.reshape(-1, x.shape[-1]), weight)
+        return out.view(*x.shape[:-1], weight.shape[-1])
 
 
 class Conv2d(Linear):
@@ -92,8 +95,9 @@ class Conv2d(Linear):
     def _from_in_rows(self, T: torch.Tensor, like: torch.Tensor, on_weight: bool) -> torch.Tensor:
         return T.view(like.shape) if on_weight else T.movedim(-1, 1)
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return self.get_base_layer()._conv_forward(x, weight, None)
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        b = None if bias is None else bias.to(x.dtype)
+        return self.get_base_layer()._conv_forward(x, weight, b)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_features}, out_channels={self.out_features}"
@@ -116,8 +120,8 @@ class Embedding(Linear):
                 "input features to rotate; use side='output' (rotates the embedding vectors)."
             )
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        e = self.get_base_layer()
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        e = self.get_base_layer()  # nn.Embedding has no bias
         return F.embedding(
             x, weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse
         )
