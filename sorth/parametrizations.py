@@ -219,11 +219,21 @@ class GSOrthogonal(nn.Module):
         self.__dict__.pop("_factor_cache", None)
 
     def _compute_factors(self) -> list[torch.Tensor]:
+        """Orthogonal factors from the parameters. In training mode with Cayley, the previous
+        result is the starting guess of the next call (Note [warm Cayley] in
+        :mod:`sorth.orthogonal`); in eval mode every call solves, so evaluation does not depend
+        on the training history, not even in the last bit."""
         skews = [self._skew(p, b) for p, (_, b) in zip(self.params, self._shapes, strict=True)]
-        if self._uniform:  # one batched solve for all factors
-            Q = orthogonal_blocks(torch.stack(skews), self.method, neumann_terms=self.neumann_terms)
-            return list(Q.unbind(0))
-        return [orthogonal_blocks(K, self.method, neumann_terms=self.neumann_terms) for K in skews]
+        groups = [torch.stack(skews)] if self._uniform else skews  # uniform: one batched solve
+        warm_up = self.training and self.method == "cayley"
+        warm = (self.__dict__.get("_warm_start") if warm_up else None) or [None] * len(groups)
+        Qs = [
+            orthogonal_blocks(K, self.method, neumann_terms=self.neumann_terms, guess=g)
+            for K, g in zip(groups, warm, strict=True)
+        ]
+        if warm_up:
+            self.__dict__["_warm_start"] = [Q.detach() for Q in Qs]
+        return list(Qs[0].unbind(0)) if self._uniform else Qs
 
     def _drop_blocks(self, Q: torch.Tensor) -> torch.Tensor:
         keep = torch.rand(Q.shape[0], 1, 1, device=Q.device) >= self.block_dropout
