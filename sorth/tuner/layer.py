@@ -66,6 +66,32 @@ def _inverse(A: GSMatrix, orthogonal: bool) -> GSMatrix:
     return GSMatrix(factors, perms)
 
 
+class _ScaleShift(torch.autograd.Function):
+    """``y = h ⊙ s + b`` (``s``, ``b`` broadcast along the feature dim; ``b`` may be ``None``)
+    in one pass; backward ``∂h = g ⊙ s``, ``∂s = Σ g ⊙ h``, ``∂b = Σ g`` over the broadcast
+    dims. Autograd's ``mul`` + ``add`` take two passes forward; its ``addcmul`` backward takes
+    an extra pass to multiply by ``value``."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, s: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(h if ctx.needs_input_grad[1] else None, s)
+        ctx.has_bias = b is not None
+        return h * s if b is None else torch.addcmul(b, h, s)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        h, s = ctx.saved_tensors
+        dims = [i for i in range(g.dim()) if s.shape[i] == 1]
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            return t.sum(dims, keepdim=True) if dims else t
+
+        gh = g * s if ctx.needs_input_grad[0] else None
+        gs = reduce(g * h) if ctx.needs_input_grad[1] else None
+        gb = reduce(g) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gh, gs, gb
+
+
 class SOrthLayer(BaseTunerLayer):
     """Shared base of the sorth layers (PEFT ``BaseTunerLayer`` contract).
 
@@ -195,7 +221,7 @@ class SOrthLayer(BaseTunerLayer):
         """``s_k ⊙ A_out_k ⋯ s_1 ⊙ A_out_1 · W · A_in_1 ⋯ A_in_k · x + bias``.
 
         The bias goes into the frozen op when nothing follows it (no output rotation, no
-        scale), and into the last scale as one ``addcmul`` otherwise: one pass over the
+        scale), and into the last scale otherwise (:class:`_ScaleShift`): one pass over the
         output less than a separate add.
         """
         base = self.get_base_layer()
@@ -223,10 +249,9 @@ class SOrthLayer(BaseTunerLayer):
                 h = self._rotate_act(h.to(dtype), A)
             if name in self.sorth_s:
                 s = self._along_act(self.sorth_s[name].to(h.dtype), h.dim())
-                if bias is not None and name == after[-1]:
-                    h, bias = torch.addcmul(self._along_act(bias.to(h.dtype), h.dim()), h, s), None
-                else:
-                    h = h * s
+                last = bias is not None and name == after[-1]
+                b = self._along_act(bias.to(h.dtype), h.dim()) if last else None
+                h, bias = _ScaleShift.apply(h, s, b), None if last else bias
         if bias is not None:
             h = h + self._along_act(bias.to(h.dtype), h.dim())
         return h.to(previous_dtype)
