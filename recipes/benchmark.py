@@ -288,6 +288,17 @@ def median(xs: list[float]) -> float:
     return ys[k] if len(ys) % 2 else 0.5 * (ys[k - 1] + ys[k])
 
 
+def paired_ratio(xs: list[float], refs: list[float] | None) -> float | None:
+    """``x / ref`` for timings taken in the same interleaved rounds: the median of the per-round
+    ratios (a paired estimate: load that drifts between rounds cancels); for series from
+    separate loops (HEAVY methods), the ratio of the medians."""
+    if not xs or not refs:
+        return None
+    if len(xs) != len(refs):
+        return median(xs) / median(refs)
+    return median([x / r for x, r in zip(xs, refs, strict=True)])
+
+
 def make_step(model: torch.nn.Module, w: Workload) -> Callable[[], None]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -495,6 +506,7 @@ def run_main(s: Settings, argv: list[str]) -> dict:
     infers = {n: make_infer(m, w) for n, m in models.items()}
     for n, t in timed("inference (unmerged)", infers, 2 * s.reps).items():
         rows[n]["infer_unmerged_ms"] = 1e3 * median(t)
+        rows[n]["infer_unmerged_all_ms"] = [1e3 * x for x in t]
     for m in models.values():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -502,10 +514,23 @@ def run_main(s: Settings, argv: list[str]) -> dict:
     merged = {n: make_infer(m, w) for n, m in models.items()}
     merged["base"] = make_infer(w.model, w)
     tm = timed("inference (merged; and the bare base model)", merged, 2 * s.reps)
-    base_infer = 1e3 * median(tm.pop("base"))
+    base_all = [1e3 * x for x in tm.pop("base")]
+    base_infer = median(base_all)
     for n, t in tm.items():
         rows[n]["infer_merged_ms"] = 1e3 * median(t)
+        rows[n]["infer_merged_all_ms"] = [1e3 * x for x in t]
     del models, steps, infers, merged
+    ref = rows.get("lora", {})
+    for r in rows.values():
+        r["train_x_lora"] = paired_ratio(r["train_step_all_ms"], ref.get("train_step_all_ms"))
+        r["infer_unmerged_x_lora"] = paired_ratio(
+            r["infer_unmerged_all_ms"], ref.get("infer_unmerged_all_ms")
+        )
+        r["infer_merged_x_base"] = paired_ratio(r["infer_merged_all_ms"], base_all)
+        if "peft_oft" in rows:
+            r["train_x_peft_oft"] = paired_ratio(
+                r["train_step_all_ms"], rows["peft_oft"]["train_step_all_ms"]
+            )
 
     if s.memory:
         print("peak memory of a training step, one fresh process per method ...", flush=True)
@@ -580,6 +605,10 @@ def _ratio(x: float | None, ref: float | None) -> str:
     return "–" if x is None or not ref else f"{x / ref:.2f}×"
 
 
+def _times(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
 def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
@@ -605,19 +634,11 @@ def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
         shown = "not measured" if val is None else f"{val:.2f}{fmt}"
         out.append((name, thr, shown, None if val is None else bool(ok(val))))
 
-    lora = get("lora", "train_step_ms")
-    gs = get("gs", "train_step_ms")
-    oft = get("peft_oft", "train_step_ms")
-    add(
-        "GSOFT training step / LoRA",
-        "≤ 1.10×",
-        gs / lora if gs and lora else None,
-        lambda v: v <= 1.10,
-    )
+    add("GSOFT training step / LoRA", "≤ 1.10×", get("gs", "train_x_lora"), lambda v: v <= 1.10)
     add(
         "GSOFT training step / PEFT OFT (same b)",
         "≤ 1.15×",
-        gs / oft if gs and oft else None,
+        get("gs", "train_x_peft_oft"),
         lambda v: v <= 1.15,
     )
     bf = get("butterfly", "train_step_ms")
@@ -630,18 +651,16 @@ def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
             pb / bf if pb and bf else None,
             lambda v: v >= 5,
         )
-    base = res.get("main", {}).get("base_infer_ms")
     add(
         "GSOFT merged inference / base model",
         "≤ 1.02×",
-        get("gs", "infer_merged_ms") / base if base and get("gs", "infer_merged_ms") else None,
+        get("gs", "infer_merged_x_base"),
         lambda v: v <= 1.02,
     )
-    li, gi = get("lora", "infer_unmerged_ms"), get("gs", "infer_unmerged_ms")
     add(
         "GSOFT unmerged inference / LoRA",
         "≤ 1.10×",
-        gi / li if gi and li else None,
+        get("gs", "infer_unmerged_x_lora"),
         lambda v: v <= 1.10,
     )
     lm, gm = get("lora", "step_mb"), get("gs", "step_mb")
@@ -691,7 +710,8 @@ def main_table(main: dict, s: Settings) -> list[str]:
     lines = [
         f"Workload: {what}; targets {', '.join(LLAMA_TARGETS if not s.unet else UNET_TARGETS)}; "
         f"block size b={s.block_size}; medians of {s.reps} (training) and {2 * s.reps} "
-        f"(inference) interleaved rounds after {s.warmup} warm-up round(s).",
+        f"(inference) interleaved rounds after {s.warmup} warm-up round(s); every ×ratio is "
+        "the median of the per-round ratios (paired: load that drifts between rounds cancels).",
         "",
         "| method | structure | trainable | checkpoint | train step ms | ×LoRA | "
         "infer unmerged ms | ×LoRA | infer merged ms | ×base | step memory MB | ×LoRA | notes |",
@@ -705,10 +725,9 @@ def main_table(main: dict, s: Settings) -> list[str]:
         lines.append(
             f"| {r['label']} (`{n}`) | {r['what']} | {r['trainable_params']:,} | "
             f"{r['checkpoint_bytes'] / 2**20:.2f} MB | {r['train_step_ms']:.0f} | "
-            f"{_ratio(r['train_step_ms'], lora.get('train_step_ms'))} | "
-            f"{r['infer_unmerged_ms']:.0f} | "
-            f"{_ratio(r['infer_unmerged_ms'], lora.get('infer_unmerged_ms'))} | "
-            f"{r['infer_merged_ms']:.0f} | {_ratio(r['infer_merged_ms'], base)} | "
+            f"{_times(r.get('train_x_lora'))} | {r['infer_unmerged_ms']:.0f} | "
+            f"{_times(r.get('infer_unmerged_x_lora'))} | "
+            f"{r['infer_merged_ms']:.0f} | {_times(r.get('infer_merged_x_base'))} | "
             + (
                 f"{r['step_mb']:.0f} | {_ratio(r['step_mb'], lora.get('step_mb'))} | "
                 if "step_mb" in r
