@@ -138,16 +138,26 @@ def _from_blocks(y: torch.Tensor, s: Shuffle) -> torch.Tensor:
     return _shuffle_flat(y.transpose(0, 1).reshape(M, k * b), s)
 
 
-def _bmm_flat(a: torch.Tensor, B: torch.Tensor, s: Shuffle) -> torch.Tensor:
-    """Flat ``(M, k·b)`` ``P @ blocks`` of ``bmm(a, B)`` (``(k, M, b)``). Without a shuffle
-    the ``bmm`` writes straight into the flat layout (a strided ``out=`` that BLAS takes as
-    its leading dimension): no ``(k, M, b)`` intermediate and no copy."""
+def _bmm_flat(
+    a: torch.Tensor, B: torch.Tensor, s: Shuffle, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Flat ``(M, k·b)`` ``P @ blocks`` of ``bmm(a, B)`` (``(k, M, b)``), into ``out`` if given.
+
+    Without a shuffle the ``bmm`` writes straight into the flat layout (a strided ``out=`` that
+    BLAS takes as its leading dimension); ``P_(b,n)`` is one 2-D transpose into ``out``.
+    """
     differentiable = torch.is_grad_enabled() and (a.requires_grad or B.requires_grad)
-    if s is not None or a.dtype != B.dtype or differentiable:  # out= has no autograd
-        return _from_blocks(torch.bmm(a, B), s)
+    if differentiable or torch.compiler.is_compiling():  # no strided out= for autograd / dynamo
+        y = _from_blocks(torch.bmm(a, B), s)
+        return y if out is None else out.copy_(y)
     k, M, b = a.shape[0], a.shape[1], B.shape[2]
-    out = a.new_empty(M, k * b)
-    torch.bmm(a, B, out=out.view(M, k, b).transpose(0, 1))
+    out = a.new_empty(M, k * b, dtype=torch.promote_types(a.dtype, B.dtype)) if out is None else out
+    if s is None and a.dtype == B.dtype:
+        torch.bmm(a, B, out=out.view(M, k, b).transpose(0, 1))
+    elif isinstance(s, int) and s == b:
+        out.view(M * b, k).copy_(torch.bmm(a, B).reshape(k, M * b).t())
+    else:
+        out.copy_(_from_blocks(torch.bmm(a, B), s))
     return out
 
 
@@ -171,44 +181,84 @@ def _block_inputs(
     return inputs
 
 
+def _chunk_rows(M: int, n: int, device: torch.device) -> int:
+    """Rows per chunk: on a CPU ~512 KB of float32 activations, so that a chunk's block inputs
+    and outputs stay in L2 cache between the ``bmm`` and the shuffles (Note [GS kernel]);
+    one chunk on other devices and under ``torch.compile``."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return M
+    return max(8, min(M, (1 << 17) // max(n, 1)))
+
+
 class _GSApply(torch.autograd.Function):
     """``y = A x`` (Note [GS kernel]) with a hand-written, recomputing backward.
 
     With ``H_i`` = the transposed block input of factor ``i`` (``(k, b_in, M)``) and
     ``G_i = ∂ℓ/∂(B_i H_i)`` (``(k, b_out, M)``): ``∂ℓ/∂B_i = G_i H_iᵀ`` and
     ``G_{i-1} = blocks(P_iᵀ · rows(B_iᵀ G_i))`` per block; ``∂ℓ/∂x = P_1ᵀ (B_1ᵀ G_1)``.
+    Tokens are processed in chunks of rows (:func:`_chunk_rows`); factor gradients sum over
+    the chunks.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, plan: ShufflePlan, *factors: torch.Tensor) -> torch.Tensor:
         h = x.reshape(-1, x.shape[-1])  # (M, n_in)
-        H = _block_inputs(h, factors, plan)[-1]  # (k, b_in, M)
-        out = _bmm_flat(H.mT, factors[-1].mT, plan[-1][0])  # (M, n_out)
+        M, n_out = h.shape[0], factors[-1].shape[0] * factors[-1].shape[1]
+        out = h.new_empty(M, n_out, dtype=torch.promote_types(x.dtype, factors[-1].dtype))
+        step = _chunk_rows(M, max(h.shape[1], n_out), h.device)
+        for m0 in range(0, M, step):
+            H = _block_inputs(h[m0 : m0 + step], factors, plan)[-1]  # (k, b_in, Mc)
+            _bmm_flat(H.mT, factors[-1].mT, plan[-1][0], out=out[m0 : m0 + step])
         ctx.plan = plan
         ctx.save_for_backward(x, *factors)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out.view(*x.shape[:-1], n_out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, *factors = ctx.saved_tensors
-        plan, m = ctx.plan, len(factors)
+        plan = ctx.plan
         need_x, need_f = ctx.needs_input_grad[0], ctx.needs_input_grad[2:]
-        h = x.reshape(-1, x.shape[-1])
-        inputs = _block_inputs(h, factors, plan) if any(need_f) else [None] * m
-        g = _to_blocks(grad.reshape(-1, grad.shape[-1]), plan[-1][1], factors[-1].shape[0])
-        G = g.mT  # (k, b_out, M)
-        grads: list[torch.Tensor | None] = [None] * m
-        for i in range(m - 1, 0, -1):
-            if need_f[i]:
-                grads[i] = torch.bmm(G, inputs[i].mT)  # (k, b_out, b_in)
-            T = torch.bmm(factors[i].mT, G)  # (k, b_in, M) = rows of P_i · (previous output)
-            G = _row_blocks(T.flatten(0, 1), plan[i][1], factors[i - 1].shape[0])
-        if need_f[0]:
-            grads[0] = torch.bmm(G, inputs[0].mT)
-        gx = None
-        if need_x:
-            gx = _bmm_flat(G.mT, factors[0], plan[0][1]).view(x.shape)  # P_1ᵀ B_1ᵀ G_1
-        return gx, None, *grads
+        h, g = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+        M = h.shape[0]
+        if torch.is_grad_enabled():  # double backward: one differentiable chunk
+            gx, grads = _backward_rows(h, g, factors, plan, need_x, need_f, None)
+            return None if gx is None else gx.view(x.shape), None, *grads
+        gx = h.new_empty(h.shape, dtype=grad.dtype) if need_x else None
+        grads: list[torch.Tensor | None] = [None] * len(factors)
+        step = _chunk_rows(M, max(h.shape[1], g.shape[1]), h.device)
+        for m0 in range(0, M, step):
+            rows = slice(m0, m0 + step)
+            out = None if gx is None else gx[rows]
+            _, part = _backward_rows(h[rows], g[rows], factors, plan, need_x, need_f, out)
+            grads = [p if a is None else a.add_(p) for a, p in zip(grads, part, strict=True)]
+        return None if gx is None else gx.view(x.shape), None, *grads
+
+
+def _backward_rows(
+    h: torch.Tensor,
+    g: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    plan: ShufflePlan,
+    need_x: bool,
+    need_f: Sequence[bool],
+    gx: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """``(∂ℓ/∂h, [∂ℓ/∂B_i])`` for rows ``h`` ``(M, n_in)`` and their output gradient ``g``;
+    ``∂ℓ/∂h`` is written into ``gx`` when given."""
+    m = len(factors)
+    inputs = _block_inputs(h, factors, plan) if any(need_f) else [None] * m
+    G = _to_blocks(g, plan[-1][1], factors[-1].shape[0]).mT  # (k, b_out, M)
+    grads: list[torch.Tensor | None] = [None] * m
+    for i in range(m - 1, 0, -1):
+        if need_f[i]:
+            grads[i] = torch.bmm(G, inputs[i].mT)  # (k, b_out, b_in)
+        T = torch.bmm(factors[i].mT, G)  # (k, b_in, M) = rows of P_i · (previous output)
+        G = _row_blocks(T.flatten(0, 1), plan[i][1], factors[i - 1].shape[0])
+    if need_f[0]:
+        grads[0] = torch.bmm(G, inputs[0].mT)
+    if need_x:
+        gx = _bmm_flat(G.mT, factors[0], plan[0][1], out=gx)  # P_1ᵀ B_1ᵀ G_1
+    return gx, grads
 
 
 def _gs_apply_planned(

@@ -79,6 +79,31 @@ def test_gs_apply_outputs_and_gradients_match_dense(chain, lead) -> None:
     _check_against_reference(factors, perms, x)
 
 
+@given(shuffled_chains(), st.integers(1, 4), st.integers(1, 12))
+def test_gs_apply_in_token_chunks(chain, rows_per_chunk, tokens) -> None:
+    """Every shuffle branch with the tokens split into chunks (last one partial): the flat
+    outputs written chunk by chunk and the factor gradients summed over chunks."""
+    factors, perms = chain
+    x = torch.randn(tokens, factors[0].shape[0] * factors[0].shape[2], dtype=F64)
+    chunking = pytest.MonkeyPatch()
+    chunking.setattr(sorth.gs, "_chunk_rows", lambda M, n, device: rows_per_chunk)
+    try:
+        _check_against_reference(factors, perms, x)
+    finally:
+        chunking.undo()
+
+
+@pytest.mark.parametrize("structure", ["gs", "butterfly", "oft"])
+def test_default_chunks_at_real_size(structure: str) -> None:
+    """d = 1024 and 300 tokens: three CPU chunks of 128 rows, against the dense reference."""
+    q = sorth.GSOrthogonal(1024, block_size=32, structure=structure, dtype=F64)
+    q.reset_parameters("random", std=0.3, generator=torch.Generator().manual_seed(0))
+    assert sorth.gs._chunk_rows(300, 1024, torch.device("cpu")) == 128
+    with torch.no_grad():
+        A = q.matrix()
+    _check_against_reference(list(A.factors), A.perms, torch.randn(300, 1024, dtype=F64))
+
+
 @given(shuffled_chains(max_factors=2), st.booleans())
 def test_gs_apply_partial_gradients(chain, x_only) -> None:
     factors, perms = chain
