@@ -80,8 +80,14 @@ def gs_apply(
 # ``T.index_select(0, perm)`` (contiguous rows). The input ``x`` enters as the free view
 # ``x.T`` and the last factor is computed untransposed, ``(k, M, b)``, so the only copies are
 # one or two 2-D transposes: GSOFT ``Pᵀ L P R x`` is two ``bmm`` and one blocked 2-D transpose
-# (``P_(b,n)`` at the exit). The autograd function saves only ``x`` and the factors and recomputes
-# the block inputs in the backward (``m − 1`` ``bmm``), so a GS layer keeps no activations.
+# (``P_(b,n)`` at the exit). Without an exit shuffle (OFT) the last ``bmm`` writes straight into
+# the flat output through a strided ``out=`` (no copy at all; the same for ``∂ℓ/∂x``). The
+# autograd function saves only ``x`` and the factors and recomputes the block inputs in the
+# backward (``m − 1`` ``bmm``), so a GS layer keeps no activations. On a CPU the tokens go through
+# in chunks of ~512 KB (:func:`_chunk_rows`), so that a chunk's intermediates stay in L2 cache
+# between the ``bmm`` and the transposes. Measured (one thread, d = 1024, b = 32): forward +
+# backward of the GS multiply followed by the frozen d × d matmul took 3% less time at 512
+# tokens and 18% less at 2048 tokens, where whole-batch intermediates (8 MB) spill to memory.
 Shuffle = int | torch.Tensor | None  # None: identity; q: P_(q, n); tensor: index vector
 ShufflePlan = tuple[tuple[Shuffle, Shuffle], ...]  # (P_i, P_iᵀ) for i = 1 … m+1
 
