@@ -53,6 +53,23 @@ def test_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert "| target | threshold | measured | met |" in table
     assert "sorth GSOFT (`gs`)" in table
     assert (tmp_path / "step_time_vs_d.png").stat().st_size > 0
+    lora = rows["lora"]["train_step_all_ms"]
+    for row in rows.values():  # ×LoRA is the paired ratio of the same rounds
+        want = bench.paired_ratio(row["train_step_all_ms"], lora)
+        assert row["train_x_lora"] == pytest.approx(want)
+    assert rows["lora"]["train_x_lora"] == 1.0
+
+
+def test_paired_ratio_cancels_load_drift() -> None:
+    bench = _benchmark()
+    ref = [1.0, 2.0, 4.0, 1.0, 3.0]  # load drifts between rounds
+    assert bench.paired_ratio([1.1 * t for t in ref], ref) == pytest.approx(1.1)
+    assert bench.median([1.1 * t for t in ref]) / bench.median(ref) == pytest.approx(1.1)
+    drift = [1.1 * t for t in [1.0, 2.0, 4.0, 4.0, 3.0]]  # one round hit only one method
+    assert bench.paired_ratio(drift, ref) == pytest.approx(1.1)
+    assert bench.paired_ratio([2.0], ref) == pytest.approx(2.0 / 2.0)  # unpaired: medians
+    assert bench.paired_ratio([], ref) is None
+    assert bench.paired_ratio([1.0], None) is None
 
 
 @pytest.mark.slow
