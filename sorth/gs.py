@@ -144,13 +144,20 @@ def _from_blocks(y: torch.Tensor, s: Shuffle) -> torch.Tensor:
     return _shuffle_flat(y.transpose(0, 1).reshape(M, k * b), s)
 
 
+_NARROW = 16  # block sizes below this take the "rows" form in _bmm_flat (measured, CPU BLAS)
+
+
 def _bmm_flat(
     a: torch.Tensor, B: torch.Tensor, s: Shuffle, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Flat ``(M, k·b)`` ``P @ blocks`` of ``bmm(a, B)`` (``(k, M, b)``), into ``out`` if given.
 
     Without a shuffle the ``bmm`` writes straight into the flat layout (a strided ``out=`` that
-    BLAS takes as its leading dimension); ``P_(b,n)`` is one 2-D transpose into ``out``.
+    BLAS takes as its leading dimension); ``P_(b,n)`` is one 2-D transpose into ``out``. For
+    narrow blocks (``b < 16``) on a CPU the product is computed as ``(Bᵀ aᵀ)ᵀ``, ``b × M``
+    outputs, and copied once: with ``b = 8`` BLAS is ~5× slower writing ``M × b`` outputs
+    (192 blocks, 1024 tokens: 12.1 vs 2.3 ms), and the strided ``out=`` falls back to a loop
+    over the blocks.
     """
     differentiable = torch.is_grad_enabled() and (a.requires_grad or B.requires_grad)
     if differentiable or torch.compiler.is_compiling():  # no strided out= for autograd / dynamo
@@ -158,7 +165,15 @@ def _bmm_flat(
         return y if out is None else out.copy_(y)
     k, M, b = a.shape[0], a.shape[1], B.shape[2]
     out = a.new_empty(M, k * b, dtype=torch.promote_types(a.dtype, B.dtype)) if out is None else out
-    if s is None and a.dtype == B.dtype:
+    if b < _NARROW and a.device.type == "cpu":
+        y = torch.bmm(B.mT, a.mT).transpose(1, 2)  # (k, M, b), a view of b × M products
+        if s is None:
+            out.view(M, k, b).copy_(y.transpose(0, 1))
+        elif isinstance(s, int) and s == b:  # P_(b,n): out[m, c·k + j] = y[j, m, c]
+            out.view(M, b, k).copy_(y.permute(1, 2, 0))
+        else:
+            out.copy_(_from_blocks(y, s))
+    elif s is None and a.dtype == B.dtype:
         torch.bmm(a, B, out=out.view(M, k, b).transpose(0, 1))
     elif isinstance(s, int) and s == b:
         out.view(M * b, k).copy_(torch.bmm(a, B).reshape(k, M * b).t())
