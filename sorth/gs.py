@@ -168,13 +168,13 @@ def _bmm_flat(
     k, M, b = a.shape[0], a.shape[1], B.shape[2]
     out = a.new_empty(M, k * b, dtype=torch.promote_types(a.dtype, B.dtype)) if out is None else out
     if b < _NARROW and a.device.type == "cpu":
-        y = torch.bmm(B.mT, a.mT).transpose(1, 2)  # (k, M, b), a view of b × M products
-        if s is None:
-            out.view(M, k, b).copy_(y.transpose(0, 1))
-        elif isinstance(s, int) and s == b:  # P_(b,n): out[m, c·k + j] = y[j, m, c]
-            out.view(M, b, k).copy_(y.permute(1, 2, 0))
+        U = torch.bmm(B.mT, a.mT)  # (k, b, M): the b × M products, rows of the flat output
+        if s is None:  # a 2-D transpose (n, M) -> (M, n): copy_'s blocked transpose path
+            out.copy_(U.view(k * b, M).t())
+        elif isinstance(s, int) and s == b:  # P_(b,n): out[m, c·k + j] = U[j, c, m]
+            out.view(M, b, k).copy_(U.permute(2, 1, 0))
         else:
-            out.copy_(_from_blocks(y, s))
+            out.copy_(_from_blocks(U.transpose(1, 2), s))
     elif s is None and a.dtype == B.dtype:
         torch.bmm(a, B, out=out.view(M, k, b).transpose(0, 1))
     elif isinstance(s, int) and s == b:
