@@ -601,12 +601,12 @@ def plot(sweep: dict, path: Path, b: int) -> None:
 
 
 # ------------------------------------------------------------------------------ report
-def _ratio(x: float | None, ref: float | None) -> str:
-    return "–" if x is None or not ref else f"{x / ref:.2f}×"
-
-
 def _times(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}×"
+
+
+def _ratio(x: float | None, ref: float | None) -> str:
+    return _times(None if x is None or not ref else x / ref)
 
 
 def machine() -> dict:

@@ -146,12 +146,12 @@ class _Cayley(torch.autograd.Function):
     @staticmethod
     def forward(ctx, K: torch.Tensor, guess: torch.Tensor | None = None) -> torch.Tensor:
         eye = _eye_like(K)
-        Q = None
-        if _warm_usable(K, guess):
-            X = _refine_inverse(eye - K, 0.5 * (guess.to(K.dtype) + eye))
-            Q = None if X is None else 2 * X - eye
-        if Q is None:
-            X, _ = torch.linalg.solve_ex(eye - K, (2 * eye).expand_as(K))  # X = 2(I − K)⁻¹
+        M = eye - K
+        X = _refine_inverse(M, 0.5 * (guess.to(K.dtype) + eye)) if _warm_usable(K, guess) else None
+        if X is not None:  # X = (I − K)⁻¹
+            Q = 2 * X - eye
+        else:
+            X, _ = torch.linalg.solve_ex(M, (2 * eye).expand_as(K))  # X = 2(I − K)⁻¹
             Q = X - eye
         ctx.save_for_backward(Q)
         return Q

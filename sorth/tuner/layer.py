@@ -128,7 +128,8 @@ class SOrthLayer(BaseTunerLayer):
     def _linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """The frozen op with ``weight`` in the base layout and ``bias`` (or none)."""
+        """The frozen op with ``weight`` in the base layout and ``bias`` (or none), both in
+        ``x``'s dtype."""
         raise NotImplementedError
 
     def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:
@@ -240,7 +241,8 @@ class SOrthLayer(BaseTunerLayer):
         after = [n for n in adapters if n in self.sorth_out or n in self.sorth_s]
         x = x.to(W.dtype) if x.is_floating_point() else x
         if not after:  # nothing after the frozen op: its own fused bias
-            return self._linear(x, W, bias).to(previous_dtype)
+            b = None if bias is None else bias.to(W.dtype)
+            return self._linear(x, W, b).to(previous_dtype)
         h = self._linear(x, W, None)
         for name in after:
             dtype = self._adapter_dtype(name)

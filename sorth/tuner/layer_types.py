@@ -39,7 +39,7 @@ class Linear(nn.Module, SOrthLayer):
         self.update_layer(adapter_name, config)
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+        return F.linear(x, weight, bias)
 
 
 class Conv1D(Linear):
@@ -54,7 +54,7 @@ class Conv1D(Linear):
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         if bias is None:
             return x @ weight
-        out = torch.addmm(bias.to(x.dtype), x.reshape(-1, x.shape[-1]), weight)
+        out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight)
         return out.view(*x.shape[:-1], weight.shape[-1])
 
 
@@ -96,8 +96,7 @@ class Conv2d(Linear):
         return T.view(like.shape) if on_weight else T.movedim(-1, 1)
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        b = None if bias is None else bias.to(x.dtype)
-        return self.get_base_layer()._conv_forward(x, weight, b)
+        return self.get_base_layer()._conv_forward(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_features}, out_channels={self.out_features}"
