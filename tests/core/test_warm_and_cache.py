@@ -140,6 +140,17 @@ def test_cache_reused_without_grad(monkeypatch) -> None:
     torch.testing.assert_close(y1, y3, rtol=0, atol=0)
 
 
+def test_clear_cache_forces_a_recompute(monkeypatch) -> None:
+    q, x = _q(), torch.randn(3, 64)
+    calls = _computes(monkeypatch, q)
+    with torch.no_grad():
+        q(x)
+        q.clear_cache()
+        q(x)
+        q(x)
+    assert calls[0] == 2
+
+
 def test_no_cache_with_grad(monkeypatch) -> None:
     q, x = _q(), torch.randn(3, 64)
     calls = _computes(monkeypatch, q)
