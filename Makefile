@@ -5,15 +5,17 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= all,test,docs
+EXTRAS ?= all,kernels,test,docs
+# Exact versions CI passes with; `scripts/check_newer.sh` tries the newest releases instead.
+CONSTRAINTS ?= constraints.txt
 
 .PHONY: install demo test test-fast lint docs figures clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q -c $(CONSTRAINTS) $(TORCH)
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed
