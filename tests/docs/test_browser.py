@@ -26,13 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 CHROMIUM = find_chromium()
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None and not os.environ.get("SORTH_REQUIRE_BROWSER"),
-        reason="no chromium on PATH (apt-get install chromium)",
-    ),
-]
+pytestmark = pytest.mark.browser
+if CHROMIUM is None and not os.environ.get("SORTH_REQUIRE_BROWSER"):  # CI sets it: no skipping
+    pytest.skip("no chromium on PATH (apt-get install chromium)", allow_module_level=True)
 
 # What each page reports back: text nodes outside code and rendered math that still hold a TeX
 # delimiter, the arithmatex spans KaTeX did not render, KaTeX error boxes, every link, image and
@@ -70,19 +66,27 @@ COLLECT_JS = r"""
 })()
 """
 
+# Types a query into the search box; returns the text of the results (their math rendered).
 SEARCH_JS = r"""
 (async () => {
   const input = document.querySelector("input.md-search__input");
   input.focus();
-  input.value = "Cayley";
+  input.value = "shuffle convention";
   input.dispatchEvent(new Event("input", { bubbles: true }));
-  input.dispatchEvent(new KeyboardEvent("keyup", { bubbles: true, key: "y" }));
+  input.dispatchEvent(new KeyboardEvent("keyup", { bubbles: true, key: "n" }));
   for (let t = 0; t < 100; t++) {
-    const hits = document.querySelectorAll(".md-search-result__item").length;
-    if (hits) return hits;
     await new Promise((r) => setTimeout(r, 50));
+    const hits = [...document.querySelectorAll(".md-search-result__item")];
+    if (hits.length) {
+      const skip = (n) => n.parentElement.closest(".katex") ? NodeFilter.FILTER_REJECT
+                                                            : NodeFilter.FILTER_ACCEPT;
+      const walker = document.createTreeWalker(hits[0], NodeFilter.SHOW_TEXT, { acceptNode: skip });
+      let text = "";
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) text += n.textContent;
+      return { hits: hits.length, first: text, math: hits[0].querySelectorAll(".katex").length };
+    }
   }
-  return 0;
+  return { hits: 0 };
 })()
 """
 
@@ -128,7 +132,7 @@ def _base(mode: str, site: Path, server: LoopbackServer) -> str:
 
 
 @pytest.fixture(scope="module")
-def crawls(site: Path, server: LoopbackServer, browser: Browser) -> dict[str, dict[str, PageLoad]]:
+def crawls(browser: Browser, site: Path, server: LoopbackServer) -> dict[str, dict[str, PageLoad]]:
     """Every page loaded once from the server and once from disk: {mode: {page: PageLoad}}."""
     pages = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html"))
     assert len(pages) == len(MD_PAGES) + 1, "the site's pages are not the docs' pages + 404"
@@ -253,8 +257,11 @@ def test_search_finds_pages_offline(site, server, browser, mode: str) -> None:
     base = _base(mode, site, server)
     load = browser.load(base + "index.html", SEARCH_JS)
     problems = _event_problems(load, base)
-    assert load.dom, f"search found nothing for 'Cayley' ({mode}); {problems}"
+    assert load.dom["hits"], f"search found nothing for 'shuffle convention' ({mode}); {problems}"
     assert not problems, _report(problems)
+    assert "The shuffle" in load.dom["first"]
+    assert load.dom["math"] > 0, f"no rendered math in the search result {load.dom['first']!r}"
+    assert not re.search(r"\\[(\[]", load.dom["first"]), load.dom["first"][:200]
 
 
 def _readme_benchmark_cells() -> list[str]:
