@@ -31,10 +31,12 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 # The documentation site, strict: any warning (broken link, bad docstring, missing file) fails.
+# KaTeX (math) and the search's file:// shim come from npm into build/docs-assets/: no CDN.
 docs: install
+	scripts/get_docs_assets.sh
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -f mkdocs.yml -d build/site
 
 # Regenerate the figures in docs/figures from sorth.plotting (tests/docs checks they are current).
@@ -42,8 +44,9 @@ figures: install
 	$(PY) -m sorth.plotting docs/figures
 
 test: lint docs
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not browser"
 	$(PY) -m pytest -q -m slow || test $$? -eq 5  # 5 = no slow test collected
+	$(PY) -m pytest -q -m browser  # the docs site in headless Chromium; skipped without one
 
 clean:
 	rm -rf $(VENV) build *.egg-info

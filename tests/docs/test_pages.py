@@ -30,3 +30,24 @@ def test_nav_lists_every_page_and_the_readme_links_the_docs() -> None:
     assert "## Documentation and the sorth command" in readme
     for target in ("docs/cli.md", "docs/tutorials/index.md", "docs/concepts/gs-matrices.md"):
         assert target in readme
+
+
+def test_site_config_loads_nothing_from_a_cdn() -> None:
+    """The cheap half of tests/docs/test_browser.py, for machines without Chromium."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    scripts = [*config.get("extra_javascript", []), *config.get("extra_css", [])]
+    scripts += config.get("extra", {}).get("polyfills", [])
+    remote = [s for s in scripts if "//" in str(s)]
+    assert not remote, f"mkdocs.yml loads {remote} from the network: fetch them with npm"
+    assert config["theme"].get("font") is False, "theme.font loads Google Fonts"
+    assert config.get("use_directory_urls") is False, "directory links do not open from disk"
+    assert "offline" in config["plugins"], "the search needs the offline plugin on file://"
+    for script in scripts:
+        local = ROOT / "docs" / script
+        vendored = script.startswith("javascripts/vendor/")
+        assert vendored or local.is_file(), f"{script} is neither in docs/ nor fetched from npm"
+    fetched = (ROOT / "docs" / "hooks" / "offline_assets.py").read_text()
+    assert "javascripts/vendor" in fetched
+    assert "scripts/get_docs_assets.sh" in (ROOT / "Makefile").read_text()
