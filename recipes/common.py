@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from integrations.io import atomic_dir, atomic_file
+from sorth.integrations.io import atomic_dir, atomic_file
 
 __all__ = [
     "RecipeError",
@@ -111,12 +111,15 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str) -> 
     Out-of-range numbers and unknown choices end the program with one line on stderr.
     """
     parser = _OneLineParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=_prog(cls),
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind, extra = _argparse_type(hints[f.name])
-        kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata["help"], **extra}
+        helptext = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
+        kwargs: dict[str, Any] = {"default": f.default, "help": helptext, **extra}
         if kind is not None:
             kwargs["type"] = kind
         if f.metadata.get("choices") is not None:
@@ -128,6 +131,15 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str) -> 
         if isinstance(ns[f.name], list):
             ns[f.name] = tuple(ns[f.name])
     return cls(**ns)
+
+
+def _prog(cls: type) -> str:
+    """``python -m recipes.X.train``: the documented way to run the recipe that defines ``cls``."""
+    module = cls.__module__
+    if module == "__main__":  # run with `python -m`: the spec names the module
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else Path(sys.argv[0]).name
+    return f"python -m {module.removesuffix('.__main__')}"
 
 
 def _check_range(parser: _OneLineParser, f: dataclasses.Field, value: Any) -> None:

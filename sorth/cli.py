@@ -21,8 +21,8 @@ import importlib
 import json
 import os
 import re
-import runpy
 import shutil
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -30,14 +30,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["CLIError", "demo_entry", "inspect_adapter", "main", "merge_adapter"]
+__all__ = ["CLIError", "demo_entry", "demo_root", "inspect_adapter", "main", "merge_adapter"]
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 DENSE_CHECK_MAX_N = 4096  # above this, the orthogonality error is measured block by block
-# Note [demo]: `sorth demo` runs the first of these that exists, the same module `make demo` runs
-# (tests/cli/test_cli.py checks they agree); recipes/ lives in the repository, next to sorth/.
-DEMO_MODULES = ("recipes.demo", "sorth.demo")
+# Note [demo]: `sorth demo` runs the module `make demo` runs (tests/cli/test_cli.py checks they
+# agree) in a subprocess, from the repository checkout that holds recipes/; without one it exits 2
+# saying how to get it. It never runs another program under the same name.
+DEMO_MODULE = "recipes.demo"
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<layer>.+?)\.(?P<part>sorth_in|sorth_out)\.params\.(?P<i>\d+)$"
 )
@@ -549,29 +550,34 @@ def _plot(args: argparse.Namespace) -> Path:
 # ---------------------------------------------------------------------------------- demo
 
 
+def demo_root() -> Path | None:
+    """The repository checkout whose ``recipes/demo`` ``sorth demo`` runs (Note [demo]), or None.
+
+    Looked for in the current folder, then next to the imported ``sorth`` package (a clone with
+    an editable install); a wheel install has neither.
+    """
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / "recipes" / "demo" / "__main__.py").is_file():
+            return root
+    return None
+
+
 def demo_entry() -> str:
-    """The module ``sorth demo`` runs: the repository's main job if present (Note [demo])."""
-    root = Path(__file__).resolve().parents[1]
-    for name in DEMO_MODULES:
-        top = name.split(".")[0]
-        if top == "sorth" or (root / top / name.split(".")[1]).is_dir():
-            return name
-    return DEMO_MODULES[-1]
+    """The module ``sorth demo`` runs: the README's main job, the one `make demo` runs."""
+    return DEMO_MODULE
 
 
-def _demo(rest: Sequence[str]) -> None:
-    """Run ``python -m <demo_entry()> REST`` in this process (Note [demo])."""
-    name = demo_entry()
-    root = str(Path(__file__).resolve().parents[1])
-    if not name.startswith("sorth.") and root not in sys.path:
-        sys.path.insert(0, root)
-    print(f"sorth demo: running `python -m {name}`", file=sys.stderr)
-    argv = sys.argv
-    sys.argv = [f"python -m {name}", *rest]
-    try:
-        runpy.run_module(name, run_name="__main__", alter_sys=True)
-    finally:
-        sys.argv = argv
+def _demo(rest: Sequence[str]) -> int:
+    """Run ``python -m recipes.demo REST`` in the repository checkout (Note [demo])."""
+    root = demo_root()
+    if root is None:
+        raise CLIError(
+            f"the main job is `python -m {DEMO_MODULE}` in a clone of the sorth repository "
+            "(recipes/ is not part of the installed package): clone it and run `make demo` there"
+        )
+    cmd = [sys.executable, "-m", DEMO_MODULE, *rest]
+    print(f"sorth demo: running `python -m {DEMO_MODULE}` in {root}", file=sys.stderr)
+    return subprocess.run(cmd, cwd=root, check=False).returncode
 
 
 # ---------------------------------------------------------------------------------- main
@@ -645,15 +651,17 @@ def _parser() -> _Parser:
     dem = sub.add_parser(
         "demo",
         help="run the README's main job",
-        description=f"Runs `python -m {demo_entry()}` (the same job as `make demo`); every "
-        "argument after `demo` is passed on (try `sorth demo -- --help`).",
+        description=f"Runs `python -m {DEMO_MODULE}` (the same job as `make demo`) in the "
+        "repository checkout (the current folder, or the one sorth is installed from); every "
+        "argument after `demo` is passed on (try `sorth demo -- --help`). Without a checkout it "
+        "exits with status 2 and says how to get one.",
         add_help=True,
     )
     dem.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the demo")
     return p
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
     if args.command == "inspect":
         folder = _require_dir(args.adapter_dir, "adapter folder")
         parts = _adapter_dirs(folder, None)  # one adapter, or one per pipeline component
@@ -672,7 +680,8 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {_plot(args)}")
     else:
         rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-        _demo(rest)
+        return _demo(rest)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -682,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prog = f"sorth {args.command}"
     try:
-        _run(args)
+        code = _run(args)
     except CLIError as err:
         _fail(f"{prog}: error: {err}", EXIT_USAGE)
     except SOrthValueError as err:  # invalid sizes and options, named by the core
@@ -697,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         line = " ".join(str(err).split()) or type(err).__name__
         _fail(f"{prog}: error: {type(err).__name__}: {line} (rerun with --traceback)", EXIT_ERROR)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

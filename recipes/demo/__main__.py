@@ -115,7 +115,7 @@ def _check_merge(out: Path, method: str, eval_file: str, max_length: int) -> flo
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from integrations.peft import load_adapter
+    from sorth.integrations.peft import load_adapter
 
     adapter = out / f"spam-{method}" / "adapter"
     tok = AutoTokenizer.from_pretrained(adapter)

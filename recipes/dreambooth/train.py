@@ -4,23 +4,18 @@ Paper §5.2 defaults: adapters on q, k, v and out.0 of every UNet attention (sel
 AdamW lr 2e-5 (weight decay 0.01), 3000 steps, batch 4, constant lr, gradient clipping 1.0, no
 prior preservation unless asked. Example::
 
-    accelerate launch recipes/dreambooth/train.py --pretrained_model ./stable-diffusion-2-base \\
+    accelerate launch -m recipes.dreambooth.train --pretrained_model ./stable-diffusion-2-base \\
         --instance_data_dir ./dog --instance_prompt "a photo of sks dog" \\
         --method double_gsoft --nblocks 32 --output_dir runs/dog \\
         --validation_prompts "a photo of sks dog in a bucket" --validation_steps 500
 
 Outputs in ``--output_dir``: ``adapter/`` (``unet/`` and optionally ``text_encoder/`` PEFT
-folders plus ``dreambooth.json``; load with ``integrations.diffusers.load_sorth_into_pipeline``),
+folders plus ``dreambooth.json``; load with
+``sorth.integrations.diffusers.load_sorth_into_pipeline``),
 ``validation/step-N.png`` grids, ``metrics.json`` and resumable ``checkpoints/checkpoint-N``.
 """
 
 from __future__ import annotations
-
-if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import hashlib
 import math
@@ -29,8 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.diffusers import save_pipeline_adapter
-from integrations.peft import METHODS, count_parameters, make_peft_config
 from recipes.common import (
     RecipeError,
     StepTimer,
@@ -47,6 +40,8 @@ from recipes.common import (
     save_json,
 )
 from recipes.dreambooth.data import DreamBoothDataset, list_images
+from sorth.integrations.diffusers import save_pipeline_adapter
+from sorth.integrations.peft import METHODS, count_parameters, make_peft_config
 
 __all__ = ["DreamBoothConfig", "image_grid", "load_components", "main", "run"]
 

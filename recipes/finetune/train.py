@@ -4,12 +4,12 @@ Examples::
 
     # GLUE-style classification (paper §5.1: GSOFT b=8 on query, key, value, output.dense,
     # intermediate.dense; the head is trained fully)
-    python recipes/finetune/train.py --model roberta-base --task seq_cls \\
+    python -m recipes.finetune.train --model roberta-base --task seq_cls \\
         --train_file train.jsonl --eval_file dev.jsonl --method gsoft --block_size 8 \\
         --output_dir runs/cola-gsoft
 
     # instruction tuning on prompt/response JSONL, any number of GPUs
-    accelerate launch recipes/finetune/train.py --model ./llama --task causal_lm \\
+    accelerate launch -m recipes.finetune.train --model ./llama --task causal_lm \\
         --train_file data.jsonl --method double_gsoft --block_size 16 --output_dir runs/llm
 
 Outputs in ``--output_dir``: ``adapter/`` (final, ``PeftModel.from_pretrained`` after
@@ -19,20 +19,12 @@ Outputs in ``--output_dir``: ``adapter/`` (final, ``PeftModel.from_pretrained`` 
 
 from __future__ import annotations
 
-if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.accelerate import rank_max_abs_diff, save_adapter
-from integrations.peft import METHODS, count_parameters, make_peft_config, merge_and_unload
 from recipes.common import (
     RecipeError,
     StepTimer,
@@ -49,6 +41,8 @@ from recipes.common import (
     save_json,
 )
 from recipes.finetune.data import TextData, load_table, tokenize_causal, tokenize_classification
+from sorth.integrations.accelerate import rank_max_abs_diff, save_adapter
+from sorth.integrations.peft import METHODS, count_parameters, make_peft_config, merge_and_unload
 
 __all__ = ["FinetuneConfig", "main", "run"]
 

@@ -5,11 +5,11 @@ epochs, random crop + horizontal flip; clean and certified (ℓ2, ε = 36/255) a
 every epoch. Examples::
 
     # LipConvNet-15, GS-SOC groups (4, -), CIFAR-100 from a local folder
-    python recipes/lipconvnet/train.py --dataset cifar100 --data_dir ~/data/cifar \\
+    python -m recipes.lipconvnet.train --dataset cifar100 --data_dir ~/data/cifar \\
         --conv gs --groups 4 --output_dir runs/gs-lipconvnet
 
     # the bundled scikit-learn digits (no download; flips are off for digits)
-    python recipes/lipconvnet/train.py --dataset digits --depth 5 --init_channels 16 \\
+    python -m recipes.lipconvnet.train --dataset digits --depth 5 --init_channels 16 \\
         --epochs 12 --output_dir runs/digits
 
 Outputs in ``--output_dir``: ``model.safetensors`` + ``model_config.json`` (rebuild with
@@ -18,12 +18,6 @@ Outputs in ``--output_dir``: ``model.safetensors`` + ``model_config.json`` (rebu
 """
 
 from __future__ import annotations
-
-if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass

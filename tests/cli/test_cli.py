@@ -368,31 +368,37 @@ def test_demo_runs_the_same_job_as_make_demo() -> None:
 
 
 def test_demo_passes_arguments_on(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    """`sorth demo -- ARGS` is `python -m <module> ARGS`: one code path, not a copy."""
+    """`sorth demo -- ARGS` is `python -m recipes.demo ARGS` in the checkout: one code path."""
     calls = []
 
-    def fake_run_module(name: str, run_name: str, alter_sys: bool) -> None:
-        calls.append((name, run_name, sys.argv[1:]))
+    def fake_run(cmd, cwd, check):
+        calls.append((cmd, cwd))
+        return subprocess.CompletedProcess(cmd, 3)
 
-    monkeypatch.setattr(cli.runpy, "run_module", fake_run_module)
-    code, _, err = run(capsys, "demo", "--", "--sizes", "64", "--block-size", "8")
-    assert code == 0
-    assert calls == [(cli.demo_entry(), "__main__", ["--sizes", "64", "--block-size", "8"])]
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    code, _, err = run(capsys, "demo", "--", "--train_size", "8")
+    assert code == 3  # the demo's own exit status
+    assert calls == [([sys.executable, "-m", "recipes.demo", "--train_size", "8"], ROOT)]
     assert f"python -m {cli.demo_entry()}" in err
 
 
-def test_demo_core_tour_runs(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    monkeypatch.setattr(cli, "demo_entry", lambda: "sorth.demo")
-    args = ["demo", "--", "--sizes", "64", "--block-size", "8", "--tokens", "4", "--repeats", "1"]
-    code, out, _ = run(capsys, *args)
-    assert code == 0
-    assert "n=64: GS needs 2 factor(s) to be dense, the butterfly 4 (Theorem 2)." in out
+def test_demo_without_a_checkout_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Regression (issue 11): an installed sorth ran a different, core-only demo instead."""
+    monkeypatch.setattr(cli, "demo_root", lambda: None)
+    monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: pytest.fail("ran something"))
+    code, out, err = run(capsys, "demo")
+    assert code == 2
+    assert out == ""
+    assert_one_line_error(code, err, "make demo")
+    assert "python -m recipes.demo" in err
 
 
-def test_demo_help_is_the_demo_modules_help(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "demo", "--", "--help")
+def test_demo_help_is_the_demo_modules_help(capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capfd, "demo", "--", "--help")
     assert code == 0
-    assert out.startswith("usage:")
+    assert out.startswith("usage: python -m recipes.demo")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""integrations/: the PEFT method switch, diffusers loading (merged or not), transformers reload."""
+"""sorth.integrations: the PEFT method switch, diffusers loading (merged or not), reloading."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
 import sorth
-from integrations.diffusers import load_sorth_into_pipeline, save_pipeline_adapter
-from integrations.peft import (
+from sorth.integrations.diffusers import load_sorth_into_pipeline, save_pipeline_adapter
+from sorth.integrations.peft import (
     METHODS,
     SORTH_METHODS,
     count_parameters,

@@ -26,6 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sorth.integrations._extras import require
+
+require("sorth.integrations.peft", "peft", "peft")
+
 __all__ = [
     "METHODS",
     "SORTH_METHODS",

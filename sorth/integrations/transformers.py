@@ -4,7 +4,7 @@ An adapter folder written by ``save_pretrained`` (the finetune recipe's ``adapte
 ``best/``) records its base model in ``adapter_config.json``; :func:`from_adapter` reloads base +
 adapter (+ tokenizer when saved alongside) in one call::
 
-    from integrations.transformers import from_adapter
+    from sorth.integrations.transformers import from_adapter
 
     model, tokenizer = from_adapter("runs/cola-gsoft/best", task="seq_cls", merge=True)
 
@@ -18,7 +18,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from integrations.peft import load_adapter
+from sorth.integrations._extras import require
+from sorth.integrations.peft import load_adapter
+
+require("sorth.integrations.transformers", "peft", "transformers", "peft", "safetensors")
 
 __all__ = ["TASKS", "from_adapter"]
 
