@@ -230,8 +230,11 @@ def inspect_adapter(adapter_dir: str | os.PathLike) -> dict[str, Any]:
             entry[s]["params"] for s in ("in", "out") if s in entry
         )
         layers.append(entry)
+    from sorth.integrations.methods import method_of
+
     return {
         "adapter_dir": str(path),
+        "method": method_of(config),
         "config": config,
         "layers": layers,
         "other": other,
@@ -247,7 +250,8 @@ def _print_inspect(info: dict[str, Any]) -> None:
         targets = ", ".join(sorted(targets))
     print(f"sorth adapter {info['adapter_dir']}")
     print(
-        f"  base model: {c.get('base_model_name_or_path')}  |  structure={c.get('structure')} "
+        f"  base model: {c.get('base_model_name_or_path')}  |  method={info['method']} "
+        f"structure={c.get('structure')} "
         f"side={c.get('side')} {size} method={c.get('method')} storage={c.get('storage')} "
         f"scale={c.get('scale')}"
     )

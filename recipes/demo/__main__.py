@@ -27,16 +27,18 @@ from recipes.common import RecipeError, atomic_file, cli, option, parse_config, 
 from recipes.demo.spam import GET_DATA, load_spam_assassin, split_balanced
 from recipes.finetune.train import FinetuneConfig
 from recipes.finetune.train import run as run_finetune
+from sorth.integrations.methods import describe
 
 __all__ = ["DemoConfig", "main", "minilm_dir"]
 
-# method -> (size flags, label): similar budgets on MiniLM (see the printed parameter counts)
-SPAM_METHODS: dict[str, tuple[dict[str, int], str]] = {
-    "gsoft": ({"block_size": 8}, "sorth GSOFT b=8"),
-    "lora": ({"rank": 4}, "PEFT LoRA r=4"),
-    "peft_oft": ({"block_size": 16}, "PEFT OFT b=16"),
-    "double_gsoft": ({"block_size": 16}, "sorth Double GSOFT b=16"),
-    "peft_boft": ({"block_size": 8}, "PEFT BOFT b=8 m=2"),
+# method (a name of sorth.integrations.methods.METHODS) -> its size on MiniLM; similar budgets
+# (see the printed parameter counts)
+SPAM_SIZES: dict[str, dict[str, int]] = {
+    "gsoft": {"block_size": 8},
+    "lora": {"rank": 4},
+    "peft_oft": {"block_size": 16},
+    "double_gsoft": {"block_size": 16},
+    "peft_boft": {"block_size": 8, "boft_factors": 2},
 }
 
 
@@ -49,7 +51,7 @@ class DemoConfig:
         "data/spam-assassin", "SpamAssassin corpus folder (see scripts/get_data.sh)."
     )
     methods: tuple[str, ...] = option(
-        ("gsoft", "lora", "peft_oft"), "Adapters to compare.", choices=tuple(SPAM_METHODS)
+        ("gsoft", "lora", "peft_oft"), "Adapters to compare.", choices=tuple(SPAM_SIZES)
     )
     train_size: int = option(480, "Class-balanced training e-mails.", low=16)
     eval_size: int = option(240, "Class-balanced held-out e-mails.", low=16)
@@ -103,7 +105,8 @@ def _spam(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     )  # fmt: skip
     results = {}
     for i, method in enumerate(cfg.methods):
-        sizes, label = SPAM_METHODS[method]
+        sizes = SPAM_SIZES[method]
+        label = describe(method, **sizes)
         print(f"[2/3] MiniLM-L6 + {label} ({i + 1}/{len(cfg.methods)})")
         run_cfg = replace(base, method=method, output_dir=str(out / f"spam-{method}"), **sizes)
         results[method] = {"label": label, **run_finetune(run_cfg)}

@@ -67,7 +67,7 @@ class DreamBoothConfig:
     prior_loss_weight: float = option(1.0, "Weight of the prior-preservation loss.", low=0)
     sample_batch_size: int = option(4, "Batch size when generating class images.", low=1)
     method: str = option(
-        "gsoft", "Adapter (sorth structures, lora, peft_oft, peft_boft).", choices=METHODS
+        "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
     )
     nblocks: int = option(
         32, "Blocks r per orthogonal factor (paper: GSOFT 32/16/8, Double 64/32/16).", low=0

@@ -76,7 +76,9 @@ class FinetuneConfig:
     train_samples: int = option(0, "Use at most this many training rows (0: all).", low=0)
     eval_samples: int = option(0, "Use at most this many eval rows (0: all).", low=0)
     max_length: int = option(128, "Truncate sequences to this many tokens.", low=8)
-    method: str = option("gsoft", "Adapter: sorth structures or PEFT baselines.", choices=METHODS)
+    method: str = option(
+        "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
+    )
     block_size: int = option(8, "Block size b (sorth, peft_oft, peft_boft).", low=1)
     nblocks: int = option(
         0, "Number of blocks r instead of --block_size (sorth; 0: unused).", low=0

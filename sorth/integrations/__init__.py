@@ -3,6 +3,8 @@
 Each sub-module is imported on its own and only when used, so ``import sorth`` (and
 ``import sorth.integrations``) pulls in nothing but torch. Sub-modules and the extra each needs:
 
+* :mod:`sorth.integrations.methods` (``peft`` to build PEFT configs): ``METHODS``, the one
+  method registry (name → config) of the recipes, the benchmark, the demo and the command.
 * :mod:`sorth.integrations.peft` (``peft``): ``make_peft_config``, ``load_adapter``,
   ``merge_and_unload``, ``count_parameters``.
 * :mod:`sorth.integrations.transformers` (``peft``): ``from_adapter``.

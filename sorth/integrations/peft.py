@@ -1,122 +1,28 @@
-"""PEFT glue: one switch from a method name to a PEFT config, sorth or baseline.
+"""PEFT glue: build a config by method name, load / merge adapters, count parameters.
 
-``make_peft_config(method, targets, ...)`` is the only place a recipe chooses its adapter, so every
-recipe compares sorth with PEFT's own LoRA / OFT / BOFT by changing one flag:
-
-============  ==========================================  ===========================
-method        config                                      size flags used
-============  ==========================================  ===========================
-gsoft         ``SOrthConfig(structure="gs", side="input")``  block_size or nblocks
-double_gsoft  ``SOrthConfig(structure="gs", side="both")``   block_size or nblocks
-oft           ``SOrthConfig(structure="oft")``               block_size or nblocks
-butterfly     ``SOrthConfig(structure="butterfly")``         block_size or nblocks
-monarch       ``SOrthConfig(structure="monarch")``           block_size or nblocks
-lora          ``peft.LoraConfig(r=rank, lora_alpha=alpha)``   rank, alpha
-peft_oft      ``peft.OFTConfig(oft_block_size=block_size)``  block_size
-peft_boft     ``peft.BOFTConfig(boft_block_size=...)``       block_size, boft_factors
-============  ==========================================  ===========================
-
-Adapters are saved with ``save_pretrained`` and loaded with ``PeftModel.from_pretrained`` after
-``import sorth`` (see :func:`load_adapter`).
+:func:`make_peft_config` and :data:`METHODS` are the method registry of
+:mod:`sorth.integrations.methods` (one table for every recipe, the benchmark, the demo and the
+``sorth`` command), re-exported here. Adapters are saved with ``save_pretrained`` and loaded with
+``PeftModel.from_pretrained`` after ``import sorth`` (see :func:`load_adapter`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sorth.integrations._extras import require
+from sorth.integrations.methods import METHODS, make_peft_config
 
 require("sorth.integrations.peft", "peft", "peft")
 
 __all__ = [
     "METHODS",
-    "SORTH_METHODS",
     "count_parameters",
     "load_adapter",
     "make_peft_config",
     "merge_and_unload",
 ]
-
-SORTH_METHODS: dict[str, dict[str, str]] = {
-    "gsoft": {"structure": "gs", "side": "input"},
-    "double_gsoft": {"structure": "gs", "side": "both"},
-    "oft": {"structure": "oft", "side": "input"},
-    "butterfly": {"structure": "butterfly", "side": "input"},
-    "monarch": {"structure": "monarch", "side": "input"},
-}
-METHODS: tuple[str, ...] = (*SORTH_METHODS, "lora", "peft_oft", "peft_boft")
-
-
-def make_peft_config(
-    method: str,
-    target_modules: Sequence[str] | str,
-    *,
-    block_size: int | None = None,
-    nblocks: int | None = None,
-    rank: int = 8,
-    alpha: float | None = None,
-    boft_factors: int = 2,
-    scale: bool = True,
-    dropout: float = 0.0,
-    modules_to_save: Sequence[str] | None = None,
-    task_type: str | None = None,
-) -> Any:
-    """Build the PEFT config of ``method`` (see the module table) for ``target_modules``.
-
-    Args:
-        method: one of :data:`METHODS`.
-        target_modules: module-name suffixes (list) or a regex (str).
-        block_size, nblocks: block size ``b`` or number of blocks ``r`` (sorth: exactly one;
-            PEFT OFT/BOFT: ``block_size``).
-        rank, alpha: LoRA rank and alpha (``alpha`` defaults to ``rank``).
-        boft_factors: BOFT's number of butterfly factors ``m``.
-        scale: sorth's learnable per-output scale ``s``.
-        dropout: sorth module dropout, LoRA dropout, OFT/BOFT module dropout.
-        modules_to_save: extra modules trained fully and saved (e.g. a classifier head).
-        task_type: PEFT task type (``"SEQ_CLS"``, ``"CAUSAL_LM"``) or ``None``.
-
-    Raises:
-        ValueError: unknown ``method`` or sizes that do not fit it.
-    """
-    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
-    common: dict[str, Any] = {
-        "target_modules": targets,
-        "modules_to_save": list(modules_to_save) if modules_to_save else None,
-        "task_type": task_type,
-    }
-    if method in SORTH_METHODS:
-        from sorth import SOrthConfig  # registers sorth with PEFT
-
-        if (block_size is None) == (nblocks is None):
-            raise ValueError(f"method {method!r} needs exactly one of block_size or nblocks")
-        return SOrthConfig(
-            **common,
-            **SORTH_METHODS[method],
-            block_size=block_size,
-            nblocks=nblocks,
-            scale=scale,
-            module_dropout=dropout,
-        )
-    import peft
-
-    if method == "lora":
-        return peft.LoraConfig(
-            **common, r=rank, lora_alpha=rank if alpha is None else alpha, lora_dropout=dropout
-        )
-    if method in {"peft_oft", "peft_boft"} and block_size is None:
-        raise ValueError(f"method {method!r} needs block_size (PEFT counts blocks by size)")
-    if method == "peft_oft":
-        return peft.OFTConfig(**common, oft_block_size=block_size, r=0, module_dropout=dropout)
-    if method == "peft_boft":
-        return peft.BOFTConfig(
-            **common,
-            boft_block_size=block_size,
-            boft_n_butterfly_factor=boft_factors,
-            boft_dropout=dropout,
-        )
-    raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

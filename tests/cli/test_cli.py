@@ -111,7 +111,7 @@ def test_inspect_json_matches_the_adapter(
 def test_inspect_table(capsys: pytest.CaptureFixture[str], adapter_dir: Path) -> None:
     code, out, _ = run(capsys, "inspect", adapter_dir)
     assert code == 0
-    assert "structure=gs side=both block_size=8" in out
+    assert "method=double_gsoft structure=gs side=both block_size=8" in out  # the registry name
     assert re.search(r"model\.layers\.0\.mlp\.down_proj\s+in\s+128\s+16×8\s+2\s+896\s+0\.500", out)
     from safetensors.torch import load_file
 
