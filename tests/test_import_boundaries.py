@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("peft", "transformers", "diffusers", "accelerate", "safetensors")
 BANNED = ("peft", "transformers", "diffusers", "accelerate")  # ruff TID251 banned-api
 # the only parts of sorth/ that may import the frameworks (ruff per-file-ignores TID251)
-GLUE = ("sorth/tuner/**", "sorth/integrations/**", "sorth/cli/**", "sorth/cli.py")
+GLUE = ("sorth/tuner/**", "sorth/integrations/**", "sorth/cli/**")
 
 
 def _glue(path: Path) -> bool:

@@ -65,6 +65,10 @@ class DemoConfig:
     digits: bool = option(True, "Also train the GS-LipConvNet on the digits.")
     digits_epochs: int = option(4, "Epochs of the digits LipConvNet.", low=1)
     seed: int = option(0, "Random seed.", low=0)
+    overwrite_output_dir: bool = option(
+        True,
+        "Replace the previous demo's runs in --output_dir (--no-overwrite_output_dir: refuse).",
+    )
 
 
 def minilm_dir() -> Path:
@@ -99,7 +103,7 @@ def _spam(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     base = FinetuneConfig(
         model=str(minilm_dir()), task="seq_cls", max_length=cfg.max_length, epochs=cfg.epochs,
         batch_size=cfg.batch_size, eval_batch_size=50, lr=cfg.lr, eval_steps=cfg.eval_steps,
-        eval_before=True, seed=cfg.seed,
+        eval_before=True, seed=cfg.seed, overwrite_output_dir=cfg.overwrite_output_dir,
         train_file=_write_split(train, out / "data" / "train.jsonl"),
         eval_file=_write_split(evaluation, out / "data" / "eval.jsonl"),
     )  # fmt: skip
@@ -187,7 +191,7 @@ def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
         LipConvNetConfig(
             dataset="digits", output_dir=str(out / "digits-gs-lipconvnet"), conv="gs",
             depth=5, init_channels=8, groups=4, batch_size=64, epochs=cfg.digits_epochs,
-            seed=cfg.seed,
+            seed=cfg.seed, overwrite_output_dir=cfg.overwrite_output_dir,
         )
     )  # fmt: skip
 

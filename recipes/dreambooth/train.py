@@ -29,17 +29,22 @@ from recipes.common import (
     StepTimer,
     atomic_dir,
     atomic_file,
+    block_sizes,
     cli,
-    find_checkpoint,
-    load_checkpoint,
-    make_accelerator,
     option,
     parse_config,
     require_dir,
-    save_checkpoint,
     save_json,
 )
 from recipes.dreambooth.data import DreamBoothDataset, list_images
+from recipes.training import (
+    claim_output_dir,
+    find_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    train_steps,
+)
 from sorth.integrations.diffusers import save_pipeline_adapter
 from sorth.integrations.peft import METHODS, count_parameters, make_peft_config
 
@@ -70,8 +75,9 @@ class DreamBoothConfig:
         "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
     )
     nblocks: int = option(
-        32, "Blocks r per orthogonal factor (paper: GSOFT 32/16/8, Double 64/32/16).", low=0
-    )
+        0, "Blocks r per orthogonal factor (0: 32 unless --block_size; paper: GSOFT 32/16/8, "
+        "Double 64/32/16).", low=0,
+    )  # fmt: skip
     block_size: int = option(0, "Block size b instead of --nblocks (0: use --nblocks).", low=0)
     rank: int = option(4, "LoRA rank (paper: 4, 32, 128).", low=1)
     boft_factors: int = option(4, "peft_boft: butterfly factors m.", low=1)
@@ -101,6 +107,9 @@ class DreamBoothConfig:
     )
     checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
     resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
+    overwrite_output_dir: bool = option(
+        False, "Replace the run already in --output_dir (adapter, metrics, checkpoints, grids)."
+    )
     validation_prompts: tuple[str, ...] = option((), "Prompts rendered every --validation_steps.")
     validation_steps: int = option(500, "Render validation grids every N steps (0: off).", low=0)
     num_validation_images: int = option(4, "Images per validation prompt.", low=1)
@@ -119,6 +128,7 @@ def _check(cfg: DreamBoothConfig) -> None:
         raise RecipeError(
             f"--resolution={cfg.resolution} is out of range: it must be a multiple of 8"
         )
+    block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32))
 
 
 def load_components(path: str, dtype: Any = None) -> dict[str, Any]:
@@ -217,9 +227,9 @@ def _adapt(model: Any, cfg: DreamBoothConfig, targets: Sequence[str]) -> Any:
 
     try:
         peft_cfg = make_peft_config(
-            cfg.method, list(targets), block_size=cfg.block_size or None,
-            nblocks=None if cfg.block_size else (cfg.nblocks or None), rank=cfg.rank,
-            boft_factors=cfg.boft_factors, scale=cfg.scale,
+            cfg.method, list(targets),
+            **block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32)),
+            rank=cfg.rank, boft_factors=cfg.boft_factors, scale=cfg.scale,
         )  # fmt: skip
         return get_peft_model(model, peft_cfg)
     except ValueError as err:
@@ -283,6 +293,9 @@ def _diffusion_loss(
     return loss + cfg.prior_loss_weight * F.mse_loss(prior_pred.float(), prior_target.float())
 
 
+OUTPUTS = ("adapter", "metrics.json", "checkpoints", "validation")
+
+
 def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     """Train the adapter, save it, return the metrics written to ``metrics.json``."""
     import torch
@@ -295,10 +308,11 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         seed=cfg.seed,
     )
+    _, run_id = claim_output_dir(cfg, OUTPUTS, main_process=False)  # refuse before any work
+    resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         cfg.mixed_precision, torch.float32
     )
-    out = Path(cfg.output_dir)
     instance = list_images(cfg.instance_data_dir, "--instance_data_dir")
     parts = load_components(cfg.pretrained_model)
     classes = _class_images(cfg, accelerator, parts) if cfg.with_prior_preservation else []
@@ -342,10 +356,11 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     models.setdefault("text_encoder", text_encoder)
     optimizer, loader = prepared[-2:]
     step, history = 0, []
-    resume = find_checkpoint(out, cfg.resume_from_checkpoint)
     if resume is not None:
-        state = load_checkpoint(resume, holder, optimizer)
+        state = load_checkpoint(resume, holder, optimizer, run_id=run_id)
         step, history = state["step"], state.get("history", [])
+    out, _ = claim_output_dir(cfg, OUTPUTS, main_process=accelerator.is_main_process)  # writes
+    accelerator.wait_for_everyone()
     timer = StepTimer()
     bar = tqdm(
         total=cfg.max_train_steps,
@@ -355,47 +370,29 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     )
     for m in trainable_models.values():
         m.train()
-    per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
-    while step < cfg.max_train_steps:
-        epoch, skip = divmod(step, per_epoch)
+
+    def after_step(step: int, loss: float) -> None:
+        history.append({"step": step, "loss": loss})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if cfg.validation_steps and step % cfg.validation_steps == 0:
+            _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
+        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+            save_checkpoint(
+                accelerator, holder, optimizer, step, out, run_id=run_id,
+                total_limit=cfg.checkpoints_total_limit, extra={"history": history},
+            )  # fmt: skip
+
+    def new_epoch(epoch: int) -> None:
         dataset.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        batches = (
-            accelerator.skip_first_batches(loader, skip * cfg.gradient_accumulation_steps)
-            if skip
-            else loader
-        )
-        timer.start()
-        for batch in batches:
-            with accelerator.accumulate(*trainable_models.values()):
-                loss = _diffusion_loss(batch, parts, models, cfg)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            timer.stop()
-            step += 1
-            history.append({"step": step, "loss": loss.item()})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if cfg.validation_steps and step % cfg.validation_steps == 0:
-                _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
-            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator,
-                    holder,
-                    optimizer,
-                    step,
-                    out,
-                    total_limit=cfg.checkpoints_total_limit,
-                    extra={"history": history},
-                )
-            if step >= cfg.max_train_steps:
-                break
-            timer.start()
+
+    step = train_steps(
+        accelerator, trainable_models.values(), optimizer, loader,
+        loss_fn=lambda batch: _diffusion_loss(batch, parts, models, cfg), params=params,
+        start=step, total=cfg.max_train_steps, accumulation=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm, on_epoch_start=new_epoch, on_step=after_step,
+        timer=timer,
+    )  # fmt: skip
     bar.close()
     result = {
         "config": asdict(cfg),
