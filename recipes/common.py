@@ -38,8 +38,10 @@ __all__ = [
     "option",
     "parse_config",
     "require_dir",
+    "require_options",
     "resolve_pretrained",
     "save_json",
+    "save_png",
 ]
 
 T = TypeVar("T")
@@ -171,6 +173,23 @@ def cli(entry: Callable[[Sequence[str] | None], T]) -> Callable[[Sequence[str] |
             )
 
     return wrapper
+
+
+def require_options(cfg: Any, *names: str) -> None:
+    """Refuse a run whose required string options (``--model``, ``--output_dir``, ...) are empty."""
+    for name in names:
+        if not getattr(cfg, name):
+            raise RecipeError(f"--{name} is required (see --help)")
+
+
+def save_png(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Lay out a matplotlib figure, write it as a PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
 
 
 def block_sizes(block_size: int, nblocks: int, *, default: tuple[str, int]) -> dict[str, Any]:

@@ -23,7 +23,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from recipes.common import RecipeError, atomic_file, cli, option, parse_config, save_json
+from recipes.common import (
+    RecipeError,
+    atomic_file,
+    cli,
+    option,
+    parse_config,
+    save_json,
+    save_png,
+)
 from recipes.demo.spam import GET_DATA, load_spam_assassin, split_balanced
 from recipes.finetune.train import FinetuneConfig
 from recipes.finetune.train import run as run_finetune
@@ -173,10 +181,7 @@ def _plot(spam: dict[str, dict[str, Any]], digits: dict[str, Any] | None, path: 
         ax.set(xlabel="epoch", ylabel="test accuracy", title="GS-LipConvNet, sklearn digits")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:

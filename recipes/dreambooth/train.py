@@ -34,6 +34,7 @@ from recipes.common import (
     option,
     parse_config,
     require_dir,
+    require_options,
     save_json,
 )
 from recipes.dreambooth.data import DreamBoothDataset, list_images
@@ -119,9 +120,7 @@ class DreamBoothConfig:
 
 
 def _check(cfg: DreamBoothConfig) -> None:
-    for name in ("pretrained_model", "instance_data_dir", "output_dir"):
-        if not getattr(cfg, name):
-            raise RecipeError(f"--{name} is required (see --help)")
+    require_options(cfg, "pretrained_model", "instance_data_dir", "output_dir")
     if cfg.with_prior_preservation and not (cfg.class_prompt and cfg.class_data_dir):
         raise RecipeError("--with_prior_preservation needs --class_prompt and --class_data_dir")
     if cfg.resolution % 8:

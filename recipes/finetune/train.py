@@ -33,6 +33,7 @@ from recipes.common import (
     cli,
     option,
     parse_config,
+    require_options,
     resolve_pretrained,
     save_json,
 )
@@ -128,9 +129,7 @@ class FinetuneConfig:
 
 
 def _check(cfg: FinetuneConfig) -> None:
-    for name in ("model", "output_dir", "train_file"):
-        if not getattr(cfg, name):
-            raise RecipeError(f"--{name} is required (see --help)")
+    require_options(cfg, "model", "output_dir", "train_file")
     if cfg.task == "causal_lm" and cfg.metric not in {"auto", "loss"}:
         raise RecipeError(f"--metric={cfg.metric} does not apply to causal_lm; use loss")
     block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8))

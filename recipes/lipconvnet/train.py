@@ -33,6 +33,7 @@ from recipes.common import (
     parse_config,
     require_dir,
     save_json,
+    save_png,
 )
 from recipes.training import (
     claim_output_dir,
@@ -179,10 +180,7 @@ def _plot(history: list[dict[str, Any]], eps: float, path: Path) -> None:
     ax.set(xlabel="epoch", ylabel="test accuracy", ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 OUTPUTS = ("model.safetensors", "model_config.json", "metrics.json", "curves.png", "checkpoints")

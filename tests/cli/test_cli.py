@@ -324,7 +324,9 @@ def test_merge_a_diffusers_pipeline(capsys: pytest.CaptureFixture[str], tmp_path
     spec = importlib.util.spec_from_file_location("db", ROOT / "docs/tutorials/dreambooth.py")
     db = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(db)
-    base = db.tiny_pipeline(tmp_path / "base")
+    from sorth.integrations import testing
+
+    base = testing.tiny_sd_pipeline(tmp_path / "base")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     config = sorth.SOrthConfig(target_modules=db.TARGETS, nblocks=4, side="both",
                                init_weights=False, init_std=0.3)  # fmt: skip
