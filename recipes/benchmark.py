@@ -51,25 +51,46 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sorth.integrations.methods import METHODS as REGISTRY
+from sorth.integrations.methods import make_peft_config
+
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One benchmarked configuration: a method of the registry (``sorth.integrations.methods``),
+    what its table row says, and config fields that differ from the registry's defaults."""
+
+    method: str
+    what: str
+    overrides: tuple[tuple[str, object], ...] = ()
+    label: str | None = None
+
+
+# row name -> Row; every name is a registry method, or one with a documented override
+ROWS: dict[str, Row] = {
+    "lora": Row("lora", "r={lora_r}"),
+    "peft_oft": Row("peft_oft", "b={b}, exact Cayley"),
+    "peft_oft_neumann": Row("peft_oft_neumann", "b={b}, Cayley-Neumann (5 terms)"),
+    "peft_boft": Row("peft_boft", "b={b}, m={m} requested"),
+    "peft_boft_shim": Row(
+        "peft_boft", "b={b}, m={m} (pure-torch fbd_cuda stand-in)", label="PEFT BOFT + CPU fbd"
+    ),
+    "gsoft": Row("gsoft", "gs, b={b}, dense, with scale s"),
+    "gsoft_noscale": Row("gsoft", "gs, b={b}, dense, scale=False", (("scale", False),)),
+    "double_gsoft": Row("double_gsoft", "gs both sides, b={b}"),
+    "butterfly": Row("butterfly", "BOFT structure, b={b}, m = 1 + log2 r"),
+    "oft": Row("oft", "block-diagonal, b={b}"),
+}
 # name -> (label, what it is)
 METHODS: dict[str, tuple[str, str]] = {
-    "lora": ("PEFT LoRA", "r={lora_r}"),
-    "peft_oft": ("PEFT OFT", "b={b}, exact Cayley"),
-    "peft_oft_neumann": ("PEFT OFT", "b={b}, Cayley-Neumann (5 terms)"),
-    "peft_boft": ("PEFT BOFT", "b={b}, m={m} requested"),
-    "peft_boft_shim": ("PEFT BOFT + CPU fbd", "b={b}, m={m} (pure-torch fbd_cuda stand-in)"),
-    "gs": ("sorth GSOFT", "gs, b={b}, dense, with scale s"),
-    "gs_noscale": ("sorth GSOFT", "gs, b={b}, dense, scale=False"),
-    "both": ("sorth Double GSOFT", "gs both sides, b={b}"),
-    "butterfly": ("sorth butterfly", "BOFT structure, b={b}, m = 1 + log2 r"),
-    "oft": ("sorth OFT", "block-diagonal, b={b}"),
+    name: (row.label or REGISTRY[row.method].label, row.what) for name, row in ROWS.items()
 }
 DEFAULT_METHODS = tuple(METHODS)
 HEAVY = ("peft_boft_shim",)  # O(m·d³) per step: timed in a short separate loop
-SWEEP_METHODS = ("lora", "peft_oft", "gs", "both", "butterfly", "oft", "peft_boft")
+SWEEP_METHODS = ("lora", "peft_oft", "gsoft", "double_gsoft", "butterfly", "oft", "peft_boft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,33 +210,12 @@ class _CpuFbd:
 
 
 def peft_config(name: str, w: Workload, s: Settings):
-    from peft import BOFTConfig, LoraConfig, OFTConfig
-
-    from sorth import SOrthConfig
-
-    b, t = s.block_size, w.targets
-    if name == "lora":
-        return LoraConfig(r=s.lora_r, lora_alpha=s.lora_r, target_modules=t)
-    if name in ("peft_oft", "peft_oft_neumann"):
-        return OFTConfig(
-            r=0,
-            oft_block_size=b,
-            use_cayley_neumann=name == "peft_oft_neumann",
-            target_modules=t,
-        )
-    if name in ("peft_boft", "peft_boft_shim"):
-        m = butterfly_factors(w.widths, b)
-        return BOFTConfig(boft_block_size=b, boft_n_butterfly_factor=m, target_modules=t)
-    kw = {"target_modules": t, "block_size": b}
-    if name in ("gs", "gs_noscale"):
-        return SOrthConfig(structure="gs", scale=name == "gs", **kw)
-    if name == "both":
-        return SOrthConfig(structure="gs", side="both", **kw)
-    if name == "butterfly":
-        return SOrthConfig(structure="butterfly", **kw)
-    if name == "oft":
-        return SOrthConfig(structure="oft", **kw)
-    raise ValueError(f"unknown method {name!r}; choose from {list(METHODS)}")
+    row = ROWS[name]
+    m = butterfly_factors(w.widths, s.block_size) if row.method == "peft_boft" else 2
+    return make_peft_config(
+        row.method, w.targets, block_size=s.block_size, rank=s.lora_r, boft_factors=m,
+        **dict(row.overrides),
+    )  # fmt: skip
 
 
 def wrap(name: str, w: Workload, s: Settings) -> torch.nn.Module:
@@ -634,11 +634,11 @@ def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
         shown = "not measured" if val is None else f"{val:.2f}{fmt}"
         out.append((name, thr, shown, None if val is None else bool(ok(val))))
 
-    add("GSOFT training step / LoRA", "≤ 1.10×", get("gs", "train_x_lora"), lambda v: v <= 1.10)
+    add("GSOFT training step / LoRA", "≤ 1.10×", get("gsoft", "train_x_lora"), lambda v: v <= 1.10)
     add(
         "GSOFT training step / PEFT OFT (same b)",
         "≤ 1.15×",
-        get("gs", "train_x_peft_oft"),
+        get("gsoft", "train_x_peft_oft"),
         lambda v: v <= 1.15,
     )
     bf = get("butterfly", "train_step_ms")
@@ -654,23 +654,23 @@ def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
     add(
         "GSOFT merged inference / base model",
         "≤ 1.02×",
-        get("gs", "infer_merged_x_base"),
+        get("gsoft", "infer_merged_x_base"),
         lambda v: v <= 1.02,
     )
     add(
         "GSOFT unmerged inference / LoRA",
         "≤ 1.10×",
-        get("gs", "infer_unmerged_x_lora"),
+        get("gsoft", "infer_unmerged_x_lora"),
         lambda v: v <= 1.10,
     )
-    lm, gm = get("lora", "step_mb"), get("gs", "step_mb")
+    lm, gm = get("lora", "step_mb"), get("gsoft", "step_mb")
     add(
         "GSOFT training-step memory / LoRA (peak RSS increase of the step)",
         "≤ 1.10×",
         gm / lm if gm and lm else None,
         lambda v: v <= 1.10,
     )
-    nm = get("gs_noscale", "step_mb")
+    nm = get("gsoft_noscale", "step_mb")
     add(
         "  … the same for GSOFT with scale=False (LoRA has no scale)",
         "≤ 1.10×",

@@ -1,10 +1,10 @@
-"""Plumbing shared by every recipe: CLI parsing, one-line errors, atomic saving, checkpoints.
+"""Plumbing shared by every recipe: CLI parsing, one-line errors, paths, atomic saving.
 
 A recipe is ``main(argv)`` decorated with :func:`cli`; its options are a frozen dataclass whose
 fields are declared with :func:`option` (help text, choices, numeric range). Everything the
 recipe writes goes through :func:`atomic_dir` / :func:`atomic_file`, so an interrupted run never
-leaves a half-written adapter, and :func:`save_checkpoint` / :func:`load_checkpoint` make it
-resumable (``--resume_from_checkpoint latest``).
+leaves a half-written adapter; the output-folder policy, checkpoints and the training loop are in
+:mod:`recipes.training`.
 
 User mistakes (missing folders, unreachable hub ids, empty data, wrong columns, out-of-range
 flags) are raised as :class:`RecipeError` and reported as one line on stderr with exit status 2,
@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import sys
 import time
 import typing
@@ -27,25 +26,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from integrations.io import atomic_dir, atomic_file
+from sorth.integrations.io import atomic_dir, atomic_file
 
 __all__ = [
     "RecipeError",
     "StepTimer",
     "atomic_dir",
     "atomic_file",
+    "block_sizes",
     "cli",
-    "fast_forward",
-    "find_checkpoint",
-    "load_checkpoint",
-    "make_accelerator",
     "option",
     "parse_config",
     "require_dir",
+    "require_options",
     "resolve_pretrained",
-    "save_checkpoint",
     "save_json",
-    "trainable_state_dict",
+    "save_png",
 ]
 
 T = TypeVar("T")
@@ -111,12 +107,15 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str) -> 
     Out-of-range numbers and unknown choices end the program with one line on stderr.
     """
     parser = _OneLineParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=_prog(cls),
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind, extra = _argparse_type(hints[f.name])
-        kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata["help"], **extra}
+        helptext = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
+        kwargs: dict[str, Any] = {"default": f.default, "help": helptext, **extra}
         if kind is not None:
             kwargs["type"] = kind
         if f.metadata.get("choices") is not None:
@@ -128,6 +127,15 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str) -> 
         if isinstance(ns[f.name], list):
             ns[f.name] = tuple(ns[f.name])
     return cls(**ns)
+
+
+def _prog(cls: type) -> str:
+    """``python -m recipes.X.train``: the documented way to run the recipe that defines ``cls``."""
+    module = cls.__module__
+    if module == "__main__":  # run with `python -m`: the spec names the module
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else Path(sys.argv[0]).name
+    return f"python -m {module.removesuffix('.__main__')}"
 
 
 def _check_range(parser: _OneLineParser, f: dataclasses.Field, value: Any) -> None:
@@ -165,6 +173,41 @@ def cli(entry: Callable[[Sequence[str] | None], T]) -> Callable[[Sequence[str] |
             )
 
     return wrapper
+
+
+def require_options(cfg: Any, *names: str) -> None:
+    """Refuse a run whose required string options (``--model``, ``--output_dir``, ...) are empty."""
+    for name in names:
+        if not getattr(cfg, name):
+            raise RecipeError(f"--{name} is required (see --help)")
+
+
+def save_png(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Lay out a matplotlib figure, write it as a PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def block_sizes(block_size: int, nblocks: int, *, default: tuple[str, int]) -> dict[str, Any]:
+    """``{"block_size": b}`` or ``{"nblocks": r}`` from the two exclusive flags (0: unset).
+
+    Both set is refused (the recipes used to disagree on which one wins); neither set gives
+    ``default``, e.g. ``("block_size", 8)``.
+    """
+    if block_size and nblocks:
+        raise RecipeError(
+            f"--block_size={block_size} and --nblocks={nblocks} are exclusive: pass only one "
+            "(b = n / r)"
+        )
+    if block_size:
+        return {"block_size": block_size, "nblocks": None}
+    if nblocks:
+        return {"block_size": None, "nblocks": nblocks}
+    return {"block_size": None, "nblocks": None, default[0]: default[1]}
 
 
 # --------------------------------------------------------------------------- paths
@@ -216,121 +259,7 @@ def save_json(obj: Any, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-# --------------------------------------------------------------------------- training state
-
-
-def make_accelerator(
-    *, mixed_precision: str = "no", gradient_accumulation_steps: int = 1, seed: int = 0
-) -> Any:
-    """Create the run's ``accelerate.Accelerator`` and seed every process identically.
-
-    Device and dtype are decided here, once: ``accelerate launch`` (DDP, FSDP, DeepSpeed) or a
-    plain ``python`` run on one device. fp16 needs a GPU; bf16 works on CPU.
-    """
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise RecipeError("--mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
-    # Note [cpu ranks]: with no GPU, cpu=True lets `accelerate launch --multi_gpu
-    # --num_processes N` (torchrun) form a gloo process group (DistributedType.MULTI_CPU);
-    # accelerate 1.15's `--cpu` flag alone starts a single process unless MPI is set up.
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-    )
-    set_seed(seed)
-    return accelerator
-
-
-def trainable_state_dict(model: Any) -> dict[str, Any]:
-    """Detached CPU copies of every parameter with ``requires_grad`` (the adapter + heads)."""
-    return {
-        name: p.detach().to("cpu").contiguous()
-        for name, p in model.named_parameters()
-        if p.requires_grad
-    }
-
-
-def save_checkpoint(
-    accelerator: Any,
-    model: Any,
-    optimizer: Any,
-    step: int,
-    output_dir: str | os.PathLike,
-    *,
-    total_limit: int | None = None,
-    extra: dict[str, Any] | None = None,
-    full_state: bool = False,
-) -> Path:
-    """Save ``checkpoints/checkpoint-{step}`` atomically (main process only), then sync ranks.
-
-    Holds the trainable parameters (or, with ``full_state``, the whole ``state_dict`` including
-    buffers) as safetensors, the optimizer state and ``state.json``; older checkpoints beyond
-    ``total_limit`` are pruned.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    root = Path(output_dir) / "checkpoints"
-    final = root / f"checkpoint-{step}"
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if full_state:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in unwrapped.state_dict().items()}
-        else:
-            tensors = trainable_state_dict(unwrapped)
-        with atomic_dir(final) as tmp:
-            save_file(tensors, tmp / "model.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": step, **(extra or {})}))
-        if total_limit:
-            for old in _checkpoints(root)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[11:]))
-
-
-def find_checkpoint(output_dir: str | os.PathLike, spec: str | None) -> Path | None:
-    """Resolve ``--resume_from_checkpoint``: ``None``, ``latest`` or a checkpoint folder."""
-    if not spec:
-        return None
-    if spec == "latest":
-        found = _checkpoints(Path(output_dir) / "checkpoints")
-        return found[-1] if found else None
-    p = Path(spec)
-    if not (p / "state.json").is_file():
-        raise RecipeError(f"--resume_from_checkpoint '{spec}' is not a checkpoint folder")
-    return p
-
-
-def load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
-    """Load a :func:`save_checkpoint` folder into ``model``/``optimizer``; return its state."""
-    import torch
-    from safetensors.torch import load_file
-
-    result = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
-    if result.unexpected_keys:
-        raise RecipeError(
-            f"checkpoint {path} does not match this model (e.g. {result.unexpected_keys[0]})"
-        )
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    return json.loads((path / "state.json").read_text())
-
-
-def fast_forward(scheduler: Any, steps: int) -> None:
-    """Put a ``LambdaLR`` at ``steps`` when resuming (closed form, no optimizer step needed)."""
-    scheduler.last_epoch = steps
-    groups = scheduler.optimizer.param_groups
-    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
-        group["lr"] = base * factor(steps)
+# --------------------------------------------------------------------------- timing
 
 
 class StepTimer:

@@ -1,23 +1,17 @@
 """Shared fixtures: seeding, a device list that skips CUDA without a GPU, hypothesis profile,
-and the tiny offline models of :mod:`integrations.pytest_fixtures`."""
+and the tiny offline models of :mod:`sorth.integrations.pytest_fixtures`."""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # recipes/ and integrations/ are folders at the repo root
-    sys.path.insert(0, str(ROOT))
-
 # tiny offline models for the recipe / integration tests (built lazily, once per session) and
 # the autouse ``offline`` fixture (HF_HUB_OFFLINE=1 for every test)
-from integrations.pytest_fixtures import (  # noqa: E402, F401 - fixtures used by name
+from sorth.integrations.pytest_fixtures import (  # noqa: F401 - fixtures used by name
     instance_dir,
     instruction_file,
     offline,

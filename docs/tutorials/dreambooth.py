@@ -17,65 +17,19 @@ prior preservation (the class prompt keeps the model's idea of a generic dog).
 from __future__ import annotations
 
 import argparse
-import string
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from peft import PeftModel, get_peft_model
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import sorth
+from sorth.integrations.testing import tiny_sd_pipeline  # offline: built from configs
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def tiny_pipeline(folder: Path) -> Path:
-    """Save a tiny, randomly initialised Stable Diffusion pipeline (letter-level tokenizer)."""
-    torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        vocab.update({c + suffix: len(vocab) for c in string.ascii_lowercase})
-    tok = CLIPTokenizer(
-        vocab=vocab, merges=[], model_max_length=32, unk_token="<|endoftext|>",
-        bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-    )  # fmt: skip
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1, projection_dim=32,
-    ))  # fmt: skip
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=32,
-        attention_head_dim=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
-    )  # fmt: skip
-    noise = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-        beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
-    )  # fmt: skip
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tok, unet=unet,
-        scheduler=DDIMScheduler.from_config(noise.config), safety_checker=None,
-        feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-    )  # fmt: skip
-    pipe.save_pretrained(folder)
-    return folder
 
 
 def instance_images(args: argparse.Namespace, size: int) -> torch.Tensor:
@@ -111,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out = Path(args.out)
 
     # 1. The frozen pipeline, loaded from a folder as a real one would be.
-    base = Path(args.model) if args.model else tiny_pipeline(out / "base")
+    base = Path(args.model) if args.model else tiny_sd_pipeline(out / "base")
     pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     vae, text_encoder, tok = pipe.vae, pipe.text_encoder, pipe.tokenizer

@@ -23,20 +23,30 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from recipes.common import RecipeError, atomic_file, cli, option, parse_config, save_json
+from recipes.common import (
+    RecipeError,
+    atomic_file,
+    cli,
+    option,
+    parse_config,
+    save_json,
+    save_png,
+)
 from recipes.demo.spam import GET_DATA, load_spam_assassin, split_balanced
 from recipes.finetune.train import FinetuneConfig
 from recipes.finetune.train import run as run_finetune
+from sorth.integrations.methods import describe
 
 __all__ = ["DemoConfig", "main", "minilm_dir"]
 
-# method -> (size flags, label): similar budgets on MiniLM (see the printed parameter counts)
-SPAM_METHODS: dict[str, tuple[dict[str, int], str]] = {
-    "gsoft": ({"block_size": 8}, "sorth GSOFT b=8"),
-    "lora": ({"rank": 4}, "PEFT LoRA r=4"),
-    "peft_oft": ({"block_size": 16}, "PEFT OFT b=16"),
-    "double_gsoft": ({"block_size": 16}, "sorth Double GSOFT b=16"),
-    "peft_boft": ({"block_size": 8}, "PEFT BOFT b=8 m=2"),
+# method (a name of sorth.integrations.methods.METHODS) -> its size on MiniLM; similar budgets
+# (see the printed parameter counts)
+SPAM_SIZES: dict[str, dict[str, int]] = {
+    "gsoft": {"block_size": 8},
+    "lora": {"rank": 4},
+    "peft_oft": {"block_size": 16},
+    "double_gsoft": {"block_size": 16},
+    "peft_boft": {"block_size": 8, "boft_factors": 2},
 }
 
 
@@ -49,7 +59,7 @@ class DemoConfig:
         "data/spam-assassin", "SpamAssassin corpus folder (see scripts/get_data.sh)."
     )
     methods: tuple[str, ...] = option(
-        ("gsoft", "lora", "peft_oft"), "Adapters to compare.", choices=tuple(SPAM_METHODS)
+        ("gsoft", "lora", "peft_oft"), "Adapters to compare.", choices=tuple(SPAM_SIZES)
     )
     train_size: int = option(480, "Class-balanced training e-mails.", low=16)
     eval_size: int = option(240, "Class-balanced held-out e-mails.", low=16)
@@ -63,6 +73,10 @@ class DemoConfig:
     digits: bool = option(True, "Also train the GS-LipConvNet on the digits.")
     digits_epochs: int = option(4, "Epochs of the digits LipConvNet.", low=1)
     seed: int = option(0, "Random seed.", low=0)
+    overwrite_output_dir: bool = option(
+        True,
+        "Replace the previous demo's runs in --output_dir (--no-overwrite_output_dir: refuse).",
+    )
 
 
 def minilm_dir() -> Path:
@@ -97,13 +111,14 @@ def _spam(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     base = FinetuneConfig(
         model=str(minilm_dir()), task="seq_cls", max_length=cfg.max_length, epochs=cfg.epochs,
         batch_size=cfg.batch_size, eval_batch_size=50, lr=cfg.lr, eval_steps=cfg.eval_steps,
-        eval_before=True, seed=cfg.seed,
+        eval_before=True, seed=cfg.seed, overwrite_output_dir=cfg.overwrite_output_dir,
         train_file=_write_split(train, out / "data" / "train.jsonl"),
         eval_file=_write_split(evaluation, out / "data" / "eval.jsonl"),
     )  # fmt: skip
     results = {}
     for i, method in enumerate(cfg.methods):
-        sizes, label = SPAM_METHODS[method]
+        sizes = SPAM_SIZES[method]
+        label = describe(method, **sizes)
         print(f"[2/3] MiniLM-L6 + {label} ({i + 1}/{len(cfg.methods)})")
         run_cfg = replace(base, method=method, output_dir=str(out / f"spam-{method}"), **sizes)
         results[method] = {"label": label, **run_finetune(run_cfg)}
@@ -115,7 +130,7 @@ def _check_merge(out: Path, method: str, eval_file: str, max_length: int) -> flo
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from integrations.peft import load_adapter
+    from sorth.integrations.peft import load_adapter
 
     adapter = out / f"spam-{method}" / "adapter"
     tok = AutoTokenizer.from_pretrained(adapter)
@@ -166,10 +181,7 @@ def _plot(spam: dict[str, dict[str, Any]], digits: dict[str, Any] | None, path: 
         ax.set(xlabel="epoch", ylabel="test accuracy", title="GS-LipConvNet, sklearn digits")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
@@ -184,7 +196,7 @@ def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
         LipConvNetConfig(
             dataset="digits", output_dir=str(out / "digits-gs-lipconvnet"), conv="gs",
             depth=5, init_channels=8, groups=4, batch_size=64, epochs=cfg.digits_epochs,
-            seed=cfg.seed,
+            seed=cfg.seed, overwrite_output_dir=cfg.overwrite_output_dir,
         )
     )  # fmt: skip
 

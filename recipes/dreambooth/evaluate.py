@@ -10,7 +10,7 @@ Metric definitions (DreamBooth, Ruiz et al. 2023; shared/diffusion_and_data.md Â
 
 Models are local folders (``--clip_model``, ``--dino_model``); nothing is downloaded. Example::
 
-    python recipes/dreambooth/evaluate.py --pretrained_model ./sd2-base \\
+    python -m recipes.dreambooth.evaluate --pretrained_model ./sd2-base \\
         --adapter_dir runs/dog/adapter \\
         --instance_data_dir ./dog --clip_model ./clip-vit-b32 --dino_model ./dino-vits16 \\
         --prompts "a photo of sks dog" "a sks dog in the jungle" --output_dir runs/dog/eval
@@ -21,12 +21,6 @@ Writes ``metrics.csv`` (one row per prompt and an ``ALL`` row), ``samples/<promp
 
 from __future__ import annotations
 
-if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import csv
 import io
 import re
@@ -35,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.diffusers import load_sorth_into_pipeline
 from recipes.common import (
     RecipeError,
     atomic_dir,
@@ -47,6 +40,7 @@ from recipes.common import (
 )
 from recipes.dreambooth.data import list_images
 from recipes.dreambooth.train import image_grid
+from sorth.integrations.diffusers import load_sorth_into_pipeline
 
 __all__ = ["EvalConfig", "clip_scores", "dino_score", "main", "run"]
 

@@ -4,23 +4,18 @@ Paper §5.2 defaults: adapters on q, k, v and out.0 of every UNet attention (sel
 AdamW lr 2e-5 (weight decay 0.01), 3000 steps, batch 4, constant lr, gradient clipping 1.0, no
 prior preservation unless asked. Example::
 
-    accelerate launch recipes/dreambooth/train.py --pretrained_model ./stable-diffusion-2-base \\
+    accelerate launch -m recipes.dreambooth.train --pretrained_model ./stable-diffusion-2-base \\
         --instance_data_dir ./dog --instance_prompt "a photo of sks dog" \\
         --method double_gsoft --nblocks 32 --output_dir runs/dog \\
         --validation_prompts "a photo of sks dog in a bucket" --validation_steps 500
 
 Outputs in ``--output_dir``: ``adapter/`` (``unet/`` and optionally ``text_encoder/`` PEFT
-folders plus ``dreambooth.json``; load with ``integrations.diffusers.load_sorth_into_pipeline``),
+folders plus ``dreambooth.json``; load with
+``sorth.integrations.diffusers.load_sorth_into_pipeline``),
 ``validation/step-N.png`` grids, ``metrics.json`` and resumable ``checkpoints/checkpoint-N``.
 """
 
 from __future__ import annotations
-
-if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import hashlib
 import math
@@ -29,24 +24,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.diffusers import save_pipeline_adapter
-from integrations.peft import METHODS, count_parameters, make_peft_config
 from recipes.common import (
     RecipeError,
     StepTimer,
     atomic_dir,
     atomic_file,
+    block_sizes,
     cli,
-    find_checkpoint,
-    load_checkpoint,
-    make_accelerator,
     option,
     parse_config,
     require_dir,
-    save_checkpoint,
+    require_options,
     save_json,
 )
 from recipes.dreambooth.data import DreamBoothDataset, list_images
+from recipes.training import (
+    claim_output_dir,
+    find_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    train_steps,
+)
+from sorth.integrations.diffusers import save_pipeline_adapter
+from sorth.integrations.peft import METHODS, count_parameters, make_peft_config
 
 __all__ = ["DreamBoothConfig", "image_grid", "load_components", "main", "run"]
 
@@ -72,11 +73,12 @@ class DreamBoothConfig:
     prior_loss_weight: float = option(1.0, "Weight of the prior-preservation loss.", low=0)
     sample_batch_size: int = option(4, "Batch size when generating class images.", low=1)
     method: str = option(
-        "gsoft", "Adapter (sorth structures, lora, peft_oft, peft_boft).", choices=METHODS
+        "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
     )
     nblocks: int = option(
-        32, "Blocks r per orthogonal factor (paper: GSOFT 32/16/8, Double 64/32/16).", low=0
-    )
+        0, "Blocks r per orthogonal factor (0: 32 unless --block_size; paper: GSOFT 32/16/8, "
+        "Double 64/32/16).", low=0,
+    )  # fmt: skip
     block_size: int = option(0, "Block size b instead of --nblocks (0: use --nblocks).", low=0)
     rank: int = option(4, "LoRA rank (paper: 4, 32, 128).", low=1)
     boft_factors: int = option(4, "peft_boft: butterfly factors m.", low=1)
@@ -106,6 +108,9 @@ class DreamBoothConfig:
     )
     checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
     resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
+    overwrite_output_dir: bool = option(
+        False, "Replace the run already in --output_dir (adapter, metrics, checkpoints, grids)."
+    )
     validation_prompts: tuple[str, ...] = option((), "Prompts rendered every --validation_steps.")
     validation_steps: int = option(500, "Render validation grids every N steps (0: off).", low=0)
     num_validation_images: int = option(4, "Images per validation prompt.", low=1)
@@ -115,15 +120,14 @@ class DreamBoothConfig:
 
 
 def _check(cfg: DreamBoothConfig) -> None:
-    for name in ("pretrained_model", "instance_data_dir", "output_dir"):
-        if not getattr(cfg, name):
-            raise RecipeError(f"--{name} is required (see --help)")
+    require_options(cfg, "pretrained_model", "instance_data_dir", "output_dir")
     if cfg.with_prior_preservation and not (cfg.class_prompt and cfg.class_data_dir):
         raise RecipeError("--with_prior_preservation needs --class_prompt and --class_data_dir")
     if cfg.resolution % 8:
         raise RecipeError(
             f"--resolution={cfg.resolution} is out of range: it must be a multiple of 8"
         )
+    block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32))
 
 
 def load_components(path: str, dtype: Any = None) -> dict[str, Any]:
@@ -222,9 +226,9 @@ def _adapt(model: Any, cfg: DreamBoothConfig, targets: Sequence[str]) -> Any:
 
     try:
         peft_cfg = make_peft_config(
-            cfg.method, list(targets), block_size=cfg.block_size or None,
-            nblocks=None if cfg.block_size else (cfg.nblocks or None), rank=cfg.rank,
-            boft_factors=cfg.boft_factors, scale=cfg.scale,
+            cfg.method, list(targets),
+            **block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32)),
+            rank=cfg.rank, boft_factors=cfg.boft_factors, scale=cfg.scale,
         )  # fmt: skip
         return get_peft_model(model, peft_cfg)
     except ValueError as err:
@@ -288,6 +292,9 @@ def _diffusion_loss(
     return loss + cfg.prior_loss_weight * F.mse_loss(prior_pred.float(), prior_target.float())
 
 
+OUTPUTS = ("adapter", "metrics.json", "checkpoints", "validation")
+
+
 def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     """Train the adapter, save it, return the metrics written to ``metrics.json``."""
     import torch
@@ -300,10 +307,11 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         seed=cfg.seed,
     )
+    _, run_id = claim_output_dir(cfg, OUTPUTS, main_process=False)  # refuse before any work
+    resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         cfg.mixed_precision, torch.float32
     )
-    out = Path(cfg.output_dir)
     instance = list_images(cfg.instance_data_dir, "--instance_data_dir")
     parts = load_components(cfg.pretrained_model)
     classes = _class_images(cfg, accelerator, parts) if cfg.with_prior_preservation else []
@@ -347,10 +355,11 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     models.setdefault("text_encoder", text_encoder)
     optimizer, loader = prepared[-2:]
     step, history = 0, []
-    resume = find_checkpoint(out, cfg.resume_from_checkpoint)
     if resume is not None:
-        state = load_checkpoint(resume, holder, optimizer)
+        state = load_checkpoint(resume, holder, optimizer, run_id=run_id)
         step, history = state["step"], state.get("history", [])
+    out, _ = claim_output_dir(cfg, OUTPUTS, main_process=accelerator.is_main_process)  # writes
+    accelerator.wait_for_everyone()
     timer = StepTimer()
     bar = tqdm(
         total=cfg.max_train_steps,
@@ -360,47 +369,29 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     )
     for m in trainable_models.values():
         m.train()
-    per_epoch = max(1, len(loader) // cfg.gradient_accumulation_steps)
-    while step < cfg.max_train_steps:
-        epoch, skip = divmod(step, per_epoch)
+
+    def after_step(step: int, loss: float) -> None:
+        history.append({"step": step, "loss": loss})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if cfg.validation_steps and step % cfg.validation_steps == 0:
+            _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
+        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+            save_checkpoint(
+                accelerator, holder, optimizer, step, out, run_id=run_id,
+                total_limit=cfg.checkpoints_total_limit, extra={"history": history},
+            )  # fmt: skip
+
+    def new_epoch(epoch: int) -> None:
         dataset.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        batches = (
-            accelerator.skip_first_batches(loader, skip * cfg.gradient_accumulation_steps)
-            if skip
-            else loader
-        )
-        timer.start()
-        for batch in batches:
-            with accelerator.accumulate(*trainable_models.values()):
-                loss = _diffusion_loss(batch, parts, models, cfg)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            timer.stop()
-            step += 1
-            history.append({"step": step, "loss": loss.item()})
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if cfg.validation_steps and step % cfg.validation_steps == 0:
-                _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
-            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator,
-                    holder,
-                    optimizer,
-                    step,
-                    out,
-                    total_limit=cfg.checkpoints_total_limit,
-                    extra={"history": history},
-                )
-            if step >= cfg.max_train_steps:
-                break
-            timer.start()
+
+    step = train_steps(
+        accelerator, trainable_models.values(), optimizer, loader,
+        loss_fn=lambda batch: _diffusion_loss(batch, parts, models, cfg), params=params,
+        start=step, total=cfg.max_train_steps, accumulation=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm, on_epoch_start=new_epoch, on_step=after_step,
+        timer=timer,
+    )  # fmt: skip
     bar.close()
     result = {
         "config": asdict(cfg),

@@ -4,12 +4,12 @@ Examples::
 
     # GLUE-style classification (paper §5.1: GSOFT b=8 on query, key, value, output.dense,
     # intermediate.dense; the head is trained fully)
-    python recipes/finetune/train.py --model roberta-base --task seq_cls \\
+    python -m recipes.finetune.train --model roberta-base --task seq_cls \\
         --train_file train.jsonl --eval_file dev.jsonl --method gsoft --block_size 8 \\
         --output_dir runs/cola-gsoft
 
     # instruction tuning on prompt/response JSONL, any number of GPUs
-    accelerate launch recipes/finetune/train.py --model ./llama --task causal_lm \\
+    accelerate launch -m recipes.finetune.train --model ./llama --task causal_lm \\
         --train_file data.jsonl --method double_gsoft --block_size 16 --output_dir runs/llm
 
 Outputs in ``--output_dir``: ``adapter/`` (final, ``PeftModel.from_pretrained`` after
@@ -19,36 +19,37 @@ Outputs in ``--output_dir``: ``adapter/`` (final, ``PeftModel.from_pretrained`` 
 
 from __future__ import annotations
 
-if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from integrations.accelerate import rank_max_abs_diff, save_adapter
-from integrations.peft import METHODS, count_parameters, make_peft_config, merge_and_unload
 from recipes.common import (
     RecipeError,
     StepTimer,
     atomic_dir,
+    block_sizes,
     cli,
+    option,
+    parse_config,
+    require_options,
+    resolve_pretrained,
+    save_json,
+)
+from recipes.finetune.data import TextData, load_table, tokenize_causal, tokenize_classification
+from recipes.training import (
+    claim_output_dir,
     fast_forward,
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
-    option,
-    parse_config,
-    resolve_pretrained,
     save_checkpoint,
-    save_json,
+    steps_per_epoch,
+    train_steps,
 )
-from recipes.finetune.data import TextData, load_table, tokenize_causal, tokenize_classification
+from sorth.integrations.accelerate import rank_max_abs_diff, save_adapter
+from sorth.integrations.peft import METHODS, count_parameters, make_peft_config, merge_and_unload
 
 __all__ = ["FinetuneConfig", "main", "run"]
 
@@ -82,12 +83,16 @@ class FinetuneConfig:
     train_samples: int = option(0, "Use at most this many training rows (0: all).", low=0)
     eval_samples: int = option(0, "Use at most this many eval rows (0: all).", low=0)
     max_length: int = option(128, "Truncate sequences to this many tokens.", low=8)
-    method: str = option("gsoft", "Adapter: sorth structures or PEFT baselines.", choices=METHODS)
-    block_size: int = option(8, "Block size b (sorth, peft_oft, peft_boft).", low=1)
+    method: str = option(
+        "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
+    )
+    block_size: int = option(
+        0, "Block size b (sorth, peft_oft, peft_boft; 0: 8 unless --nblocks).", low=0
+    )
     nblocks: int = option(
         0, "Number of blocks r instead of --block_size (sorth; 0: unused).", low=0
     )
-    rank: int = option(8, "LoRA rank.", low=1)
+    rank: int = option(8, "LoRA rank (HRA: reflections, RoAd: 1, 2 or 4, PSOFT: rank).", low=1)
     alpha: float = option(0.0, "LoRA alpha (0: equal to --rank).", low=0)
     boft_factors: int = option(2, "BOFT butterfly factors m.", low=1)
     scale: bool = option(True, "sorth: learnable per-output scale.")
@@ -114,6 +119,9 @@ class FinetuneConfig:
     )
     checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
     resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
+    overwrite_output_dir: bool = option(
+        False, "Replace the run already in --output_dir (its adapter, metrics and checkpoints)."
+    )
     export_merged: bool = option(False, "Also save the merged model (zero inference overhead).")
     mixed_precision: str = option("no", "no, bf16 or fp16 (GPU).", choices=("no", "bf16", "fp16"))
     seed: int = option(42, "Random seed (data order, head init).", low=0)
@@ -121,11 +129,10 @@ class FinetuneConfig:
 
 
 def _check(cfg: FinetuneConfig) -> None:
-    for name in ("model", "output_dir", "train_file"):
-        if not getattr(cfg, name):
-            raise RecipeError(f"--{name} is required (see --help)")
+    require_options(cfg, "model", "output_dir", "train_file")
     if cfg.task == "causal_lm" and cfg.metric not in {"auto", "loss"}:
         raise RecipeError(f"--metric={cfg.metric} does not apply to causal_lm; use loss")
+    block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8))
 
 
 def _load_tokenizer(cfg: FinetuneConfig) -> Any:
@@ -133,6 +140,8 @@ def _load_tokenizer(cfg: FinetuneConfig) -> Any:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
+    if not cfg.progress:  # --no-progress: no weight-loading bars either (stderr stays clean)
+        transformers.utils.logging.disable_progress_bar()
     path = resolve_pretrained(cfg.model)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
@@ -179,8 +188,7 @@ def _adapt(cfg: FinetuneConfig, model: Any) -> Any:
         peft_cfg = make_peft_config(
             cfg.method,
             _targets(cfg, model),
-            block_size=None if cfg.nblocks else cfg.block_size,
-            nblocks=cfg.nblocks or None,
+            **block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8)),
             rank=cfg.rank,
             alpha=cfg.alpha or None,
             boft_factors=cfg.boft_factors,
@@ -300,6 +308,9 @@ def _lr_lambda(warmup: int, total: int) -> Any:
     return factor
 
 
+OUTPUTS = ("adapter", "best", "merged", "metrics.json", "checkpoints")
+
+
 def run(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train, evaluate, save; return the metrics written to ``metrics.json``."""
     import torch
@@ -313,7 +324,8 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         seed=cfg.seed,
     )
-    out = Path(cfg.output_dir)
+    _, run_id = claim_output_dir(cfg, OUTPUTS, main_process=False)  # refuse before any work
+    resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     tokenizer = _load_tokenizer(cfg)
     data = _prepare_data(cfg, tokenizer)
     model = _load_model(cfg, max(data.num_labels, 1), tokenizer.pad_token_id)
@@ -330,15 +342,16 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     model, optimizer, train_loader, eval_loader = accelerator.prepare(
         model, optimizer, train_loader, eval_loader
     )
-    per_epoch = max(1, len(train_loader) // cfg.gradient_accumulation_steps)
+    per_epoch = steps_per_epoch(len(train_loader), cfg.gradient_accumulation_steps)
     steps = cfg.max_steps or math.ceil(cfg.epochs * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps, steps))
     step, history = 0, []
-    resume = find_checkpoint(out, cfg.resume_from_checkpoint)
     if resume is not None:
-        state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer)
+        state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer, run_id=run_id)
         step, history = state["step"], state.get("history", [])
         fast_forward(scheduler, step)
+    out, _ = claim_output_dir(cfg, OUTPUTS, main_process=accelerator.is_main_process)  # writes
+    accelerator.wait_for_everyone()
     metric, higher = _metric(cfg, data.num_labels)
     best = max if higher else min
     eval_every = cfg.eval_steps or per_epoch
@@ -353,52 +366,29 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         desc=f"{cfg.method} {cfg.task}",
         disable=not (cfg.progress and accelerator.is_local_main_process),
     )
+
+    def after_step(step: int, loss: float) -> None:
+        losses.append(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if step % eval_every == 0 or step == steps:
+            ev = _evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)
+            recent = losses[-eval_every:]
+            history.append({"step": step, "train_loss": sum(recent) / len(recent), **ev})
+            if ev[metric] == best(h[metric] for h in history if metric in h and h["step"] > 0):
+                save_adapter(accelerator, model, out / "best", tokenizer)
+        if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
+            save_checkpoint(
+                accelerator, model, optimizer, step, out, run_id=run_id,
+                total_limit=cfg.checkpoints_total_limit, extra={"history": history},
+            )  # fmt: skip
+
     model.train()
-    while step < steps:
-        epoch, skip = divmod(step * cfg.gradient_accumulation_steps, len(train_loader))
-        train_loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        timer.start()
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            timer.stop()
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % eval_every == 0 or step == steps:
-                ev = _evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)
-                history.append(
-                    {
-                        "step": step,
-                        "train_loss": sum(losses[-eval_every:]) / len(losses[-eval_every:]),
-                        **ev,
-                    }
-                )
-                if ev[metric] == best(h[metric] for h in history if metric in h and h["step"] > 0):
-                    save_adapter(accelerator, model, out / "best", tokenizer)
-            if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator,
-                    model,
-                    optimizer,
-                    step,
-                    out,
-                    total_limit=cfg.checkpoints_total_limit,
-                    extra={"history": history},
-                )
-            if step >= steps:
-                break
-            timer.start()
+    train_steps(
+        accelerator, [model], optimizer, train_loader, loss_fn=lambda batch: model(**batch).loss,
+        params=params, start=step, total=steps, accumulation=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm, scheduler=scheduler, on_step=after_step, timer=timer,
+    )  # fmt: skip
     bar.close()
     save_adapter(accelerator, model, out / "adapter", tokenizer)
     result = {

@@ -5,11 +5,11 @@ epochs, random crop + horizontal flip; clean and certified (ℓ2, ε = 36/255) a
 every epoch. Examples::
 
     # LipConvNet-15, GS-SOC groups (4, -), CIFAR-100 from a local folder
-    python recipes/lipconvnet/train.py --dataset cifar100 --data_dir ~/data/cifar \\
+    python -m recipes.lipconvnet.train --dataset cifar100 --data_dir ~/data/cifar \\
         --conv gs --groups 4 --output_dir runs/gs-lipconvnet
 
     # the bundled scikit-learn digits (no download; flips are off for digits)
-    python recipes/lipconvnet/train.py --dataset digits --depth 5 --init_channels 16 \\
+    python -m recipes.lipconvnet.train --dataset digits --depth 5 --init_channels 16 \\
         --epochs 12 --output_dir runs/digits
 
 Outputs in ``--output_dir``: ``model.safetensors`` + ``model_config.json`` (rebuild with
@@ -18,12 +18,6 @@ Outputs in ``--output_dir``: ``model.safetensors`` + ``model_config.json`` (rebu
 """
 
 from __future__ import annotations
-
-if __package__ in {None, ""}:  # run as a script: make `recipes` and `integrations` importable
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -35,15 +29,20 @@ from recipes.common import (
     StepTimer,
     atomic_file,
     cli,
+    option,
+    parse_config,
+    require_dir,
+    save_json,
+    save_png,
+)
+from recipes.training import (
+    claim_output_dir,
     fast_forward,
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
-    option,
-    parse_config,
-    require_dir,
     save_checkpoint,
-    save_json,
+    train_steps,
 )
 
 __all__ = ["LipConvNetConfig", "build_model", "main", "run"]
@@ -93,6 +92,9 @@ class LipConvNetConfig:
     eps: float = option(36 / 255, "ℓ2 radius for the certified accuracy.", low=0, low_open=True)
     checkpoints_total_limit: int = option(2, "Keep at most this many per-epoch checkpoints.", low=1)
     resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
+    overwrite_output_dir: bool = option(
+        False, "Replace the run already in --output_dir (model, metrics, curves, checkpoints)."
+    )
     seed: int = option(0, "Random seed.", low=0)
     progress: bool = option(True, "Show tqdm progress bars.")
 
@@ -178,10 +180,10 @@ def _plot(history: list[dict[str, Any]], eps: float, path: Path) -> None:
     ax.set(xlabel="epoch", ylabel="test accuracy", ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
+
+
+OUTPUTS = ("model.safetensors", "model_config.json", "metrics.json", "curves.png", "checkpoints")
 
 
 def run(cfg: LipConvNetConfig) -> dict[str, Any]:
@@ -195,8 +197,9 @@ def run(cfg: LipConvNetConfig) -> dict[str, Any]:
 
     if not cfg.output_dir:
         raise RecipeError("--output_dir is required (see --help)")
+    _, run_id = claim_output_dir(cfg, OUTPUTS, main_process=False)  # refuse before any work
+    resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     accelerator = make_accelerator(seed=cfg.seed)
-    out = Path(cfg.output_dir)
     train, test, channels, classes = _datasets(cfg)
     model, model_kwargs = build_model(cfg, channels, classes)
     params = sum(p.numel() for p in model.parameters())
@@ -216,62 +219,62 @@ def run(cfg: LipConvNetConfig) -> dict[str, Any]:
     augment = {"auto": "crop" if cfg.dataset == "digits" else "crop_flip"}.get(
         cfg.augment, cfg.augment
     )
-    start_epoch, step, history = 0, 0, []
-    resume = find_checkpoint(out, cfg.resume_from_checkpoint)
+    step, history = 0, []
     if resume is not None:
-        state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer)
-        start_epoch, step, history = state["epoch"], state["step"], state["history"]
-        fast_forward(scheduler, start_epoch)
+        state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer, run_id=run_id)
+        step, history = state["step"], state.get("history", [])
+        fast_forward(scheduler, state.get("epoch", 0))
+    out, _ = claim_output_dir(cfg, OUTPUTS, main_process=accelerator.is_main_process)  # writes
+    accelerator.wait_for_everyone()
     timer = StepTimer()
     show = cfg.progress and accelerator.is_local_main_process
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    for epoch in range(start_epoch, cfg.epochs):
+    per_epoch = len(train_loader)
+    bar = tqdm(total=0, disable=not show, leave=False)
+
+    def new_epoch(epoch: int) -> None:  # checkpoints are per epoch: no batch is ever skipped
         model.train()
-        train_loader.set_epoch(epoch)
         aug_gen.manual_seed(cfg.seed + 1 + epoch)
-        bar = tqdm(
-            train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False
-        )
-        for x, y in bar:
-            timer.start()
-            if augment == "crop_flip":
-                x = augment_crop_flip(x, 4, generator=aug_gen)
-            elif augment == "crop":  # digits are not mirror-symmetric: no flips
-                x = _random_crop(x, 4, aug_gen)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            accelerator.backward(loss)
-            optimizer.step()
-            timer.stop()
-            step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.reset(total=per_epoch)
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+
+    def loss_fn(batch: Any) -> Any:
+        x, y = batch
+        if augment == "crop_flip":
+            x = augment_crop_flip(x, 4, generator=aug_gen)
+        elif augment == "crop":  # digits are not mirror-symmetric: no flips
+            x = _random_crop(x, 4, aug_gen)
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    def after_step(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if step % per_epoch:
+            return
+        epoch = step // per_epoch
         scheduler.step()
         cert = certified_accuracy(accelerator.unwrap_model(model), test_loader, cfg.eps)
         history.append(
-            {
-                "epoch": epoch + 1,
-                "step": step,
-                "loss": loss.item(),
-                "accuracy": cert.clean,
-                "certified_accuracy": cert.at(cfg.eps),
-                "mean_radius": cert.mean_radius,
-            }
-        )
+            {"epoch": epoch, "step": step, "loss": loss, "accuracy": cert.clean,
+             "certified_accuracy": cert.at(cfg.eps), "mean_radius": cert.mean_radius}
+        )  # fmt: skip
         if show:
             tqdm.write(
-                f"epoch {epoch + 1}: loss {loss.item():.3f}, clean {cert.clean:.3f}, "
+                f"epoch {epoch}: loss {loss:.3f}, clean {cert.clean:.3f}, "
                 f"certified {cert.at(cfg.eps):.3f} (ε={cfg.eps:.3f})"
             )
         save_checkpoint(
-            accelerator,
-            model,
-            optimizer,
-            step,
-            out,
+            accelerator, model, optimizer, step, out, run_id=run_id,
             total_limit=cfg.checkpoints_total_limit,
-            extra={"epoch": epoch + 1, "history": history},
-            full_state=True,
-        )
+            extra={"epoch": epoch, "history": history}, full_state=True,
+        )  # fmt: skip
+
+    train_steps(
+        accelerator, [model], optimizer, train_loader, loss_fn=loss_fn, params=[],
+        start=step, total=cfg.epochs * per_epoch, on_epoch_start=new_epoch,
+        on_step=after_step, timer=timer,
+    )  # fmt: skip
+    bar.close()
     result = {
         "config": asdict(cfg),
         "model_config": model_kwargs,

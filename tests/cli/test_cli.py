@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sorth import cli
+from sorth.cli import demo as cli_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 SORTH = Path(sys.executable).with_name("sorth")
@@ -111,7 +112,7 @@ def test_inspect_json_matches_the_adapter(
 def test_inspect_table(capsys: pytest.CaptureFixture[str], adapter_dir: Path) -> None:
     code, out, _ = run(capsys, "inspect", adapter_dir)
     assert code == 0
-    assert "structure=gs side=both block_size=8" in out
+    assert "method=double_gsoft structure=gs side=both block_size=8" in out  # the registry name
     assert re.search(r"model\.layers\.0\.mlp\.down_proj\s+in\s+128\s+16×8\s+2\s+896\s+0\.500", out)
     from safetensors.torch import load_file
 
@@ -132,6 +133,36 @@ def test_inspect_measures_orthogonality(
     assert code == 0
     worst = max(e[s]["orth_error"] for e in json.loads(out)["layers"] for s in ("in", "out"))
     assert worst > 1e-3
+
+
+def test_inspect_reports_non_finite_values(
+    capsys: pytest.CaptureFixture[str], adapter_dir: Path, tmp_path: Path
+) -> None:
+    """Regression (issue 14): a nan row, yet 'worst max|QᵀQ−I| = 7.6e-07' and exit status 0."""
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(adapter_dir, bad)
+    tensors = load_file(bad / "adapter_model.safetensors")
+    key = sorted(k for k in tensors if "sorth_in" in k)[0]
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, bad / "adapter_model.safetensors")
+    code, out, err = run(capsys, "inspect", bad)
+    assert code == 1
+    assert "worst max|QᵀQ−I| = nan" in out
+    assert "NOT FINITE: 1 tensor(s)" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert "hold NaN or Inf" in lines[0]
+    assert key in lines[0]
+    code, out, _ = run(capsys, "inspect", bad, "--json")
+    assert code == 1
+    info = json.loads(out)
+    assert info["nonfinite_tensors"] == [key]
+    assert info["worst_orth_error"] != info["worst_orth_error"]  # nan
+    code, out, err = run(capsys, "inspect", adapter_dir)  # the intact adapter: status 0
+    assert code == 0
+    assert err == ""
 
 
 def test_inspect_errors(
@@ -243,6 +274,43 @@ def test_merge_errors(
     assert not (out / "keep.txt").exists()
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_merge_overwrite_never_deletes_its_inputs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, llama_dir: Path, adapter_dir: Path
+) -> None:
+    """Regression (issue 14): --out P --overwrite deleted P, holding P/base and P/adapter."""
+    project = tmp_path / "P"
+    shutil.copytree(llama_dir, project / "base")
+    shutil.copytree(adapter_dir, project / "adapter")
+    (project / "notes.txt").write_text("mine")
+    before = _tree(project)
+    for out in (project, tmp_path):
+        code, _, err = run(capsys, "merge", "--base", project / "base", "--adapter",
+                           project / "adapter", "--out", out, "--overwrite")  # fmt: skip
+        assert_one_line_error(code, err, "contains the base model folder", "another --out")
+    code, _, err = run(capsys, "merge", "--base", llama_dir, "--adapter", project / "adapter",
+                       "--out", project, "--overwrite")  # fmt: skip
+    assert_one_line_error(code, err, "contains the adapter folder")
+    assert _tree(project) == before
+
+
+def test_merge_out_file_with_overwrite_is_refused_first(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, llama_dir: Path, adapter_dir: Path,
+    monkeypatch,
+) -> None:  # fmt: skip
+    """Regression (issue 14): --out FILE --overwrite merged first, then failed with status 1."""
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"keep")
+    monkeypatch.setattr("sorth.cli.merge._load_base", lambda *a: pytest.fail("loaded first"))
+    code, _, err = run(capsys, "merge", "--base", llama_dir, "--adapter", adapter_dir,
+                       "--out", target, "--overwrite")  # fmt: skip
+    assert_one_line_error(code, err, "is a file")
+    assert target.read_bytes() == b"keep"
+
+
 @pytest.mark.slow
 def test_merge_a_diffusers_pipeline(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """A pipeline folder + per-component adapter folder (as the DreamBooth tutorial saves)."""
@@ -256,7 +324,9 @@ def test_merge_a_diffusers_pipeline(capsys: pytest.CaptureFixture[str], tmp_path
     spec = importlib.util.spec_from_file_location("db", ROOT / "docs/tutorials/dreambooth.py")
     db = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(db)
-    base = db.tiny_pipeline(tmp_path / "base")
+    from sorth.integrations import testing
+
+    base = testing.tiny_sd_pipeline(tmp_path / "base")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     config = sorth.SOrthConfig(target_modules=db.TARGETS, nblocks=4, side="both",
                                init_weights=False, init_std=0.3)  # fmt: skip
@@ -347,6 +417,33 @@ def test_plot_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     assert not out.exists()
 
 
+def test_plot_bad_input_is_refused_before_drawing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
+) -> None:
+    """Regression (issue 14): --dpi 0 crashed; --kind ranks skipped the size check (2 GB);
+    --out <folder> failed after drawing with a temp-file name in the message."""
+    import sorth.parametrizations
+
+    def no_build(*args, **kwargs):
+        pytest.fail("built the matrix before checking the arguments")
+
+    monkeypatch.setattr(sorth.parametrizations, "GSOrthogonal", no_build)
+    out = tmp_path / "f.png"
+    base = ("plot", "--nblocks", "8")
+    cases = [
+        ((*base, "--n", "64", "--dpi", "0", "--out", out), "--dpi=0 is out of range"),
+        ((*base, "--n", "64", "--dpi", "-5", "--out", out), "--dpi=-5 is out of range"),
+        ((*base, "--n", "16384", "--kind", "ranks", "--out", out), "--n=16384 is too large"),
+        ((*base, "--n", "64", "--out", tmp_path), "is a folder; pass an image file name"),
+        ((*base, "--n", "64", "--out", tmp_path / "f.txt"), "must end in .png"),
+    ]
+    for argv, needle in cases:
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, needle)
+        assert ".tmp-" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------------- demo
 
 
@@ -368,31 +465,37 @@ def test_demo_runs_the_same_job_as_make_demo() -> None:
 
 
 def test_demo_passes_arguments_on(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    """`sorth demo -- ARGS` is `python -m <module> ARGS`: one code path, not a copy."""
+    """`sorth demo -- ARGS` is `python -m recipes.demo ARGS` in the checkout: one code path."""
     calls = []
 
-    def fake_run_module(name: str, run_name: str, alter_sys: bool) -> None:
-        calls.append((name, run_name, sys.argv[1:]))
+    def fake_run(cmd, cwd, check):
+        calls.append((cmd, cwd))
+        return subprocess.CompletedProcess(cmd, 3)
 
-    monkeypatch.setattr(cli.runpy, "run_module", fake_run_module)
-    code, _, err = run(capsys, "demo", "--", "--sizes", "64", "--block-size", "8")
-    assert code == 0
-    assert calls == [(cli.demo_entry(), "__main__", ["--sizes", "64", "--block-size", "8"])]
+    monkeypatch.setattr(cli_demo.subprocess, "run", fake_run)
+    code, _, err = run(capsys, "demo", "--", "--train_size", "8")
+    assert code == 3  # the demo's own exit status
+    assert calls == [([sys.executable, "-m", "recipes.demo", "--train_size", "8"], ROOT)]
     assert f"python -m {cli.demo_entry()}" in err
 
 
-def test_demo_core_tour_runs(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
-    monkeypatch.setattr(cli, "demo_entry", lambda: "sorth.demo")
-    args = ["demo", "--", "--sizes", "64", "--block-size", "8", "--tokens", "4", "--repeats", "1"]
-    code, out, _ = run(capsys, *args)
-    assert code == 0
-    assert "n=64: GS needs 2 factor(s) to be dense, the butterfly 4 (Theorem 2)." in out
+def test_demo_without_a_checkout_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Regression (issue 11): an installed sorth ran a different, core-only demo instead."""
+    monkeypatch.setattr(cli_demo, "demo_root", lambda: None)
+    monkeypatch.setattr(cli_demo.subprocess, "run", lambda *a, **k: pytest.fail("ran something"))
+    code, out, err = run(capsys, "demo")
+    assert code == 2
+    assert out == ""
+    assert_one_line_error(code, err, "make demo")
+    assert "python -m recipes.demo" in err
 
 
-def test_demo_help_is_the_demo_modules_help(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "demo", "--", "--help")
+def test_demo_help_is_the_demo_modules_help(capfd: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capfd, "demo", "--", "--help")
     assert code == 0
-    assert out.startswith("usage:")
+    assert out.startswith("usage: python -m recipes.demo")
 
 
 @pytest.mark.slow

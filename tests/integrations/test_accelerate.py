@@ -20,7 +20,7 @@ def test_two_processes_identical_adapters_one_save(tiny_llama_dir, instruction_f
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "recipes/finetune/train.py", "--model", str(tiny_llama_dir), "--task", "causal_lm",
+        "-m", "recipes.finetune.train", "--model", str(tiny_llama_dir), "--task", "causal_lm",
         "--train_file", str(instruction_file), "--prompt_column", "prompt",
         "--response_column", "response", "--method", "gsoft", "--block_size", "8",
         "--batch_size", "2", "--max_steps", "3", "--lr", "1e-2", "--output_dir", str(out),

@@ -1,6 +1,8 @@
-"""integrations/: the PEFT method switch, diffusers loading (merged or not), transformers reload."""
+"""sorth.integrations: the PEFT method switch, diffusers loading (merged or not), reloading."""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 import peft
 import pytest
@@ -10,10 +12,9 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 
 import sorth
-from integrations.diffusers import load_sorth_into_pipeline, save_pipeline_adapter
-from integrations.peft import (
+from sorth.integrations.diffusers import load_sorth_into_pipeline, save_pipeline_adapter
+from sorth.integrations.peft import (
     METHODS,
-    SORTH_METHODS,
     count_parameters,
     load_adapter,
     make_peft_config,
@@ -24,20 +25,43 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_make_peft_config_every_method(method):
-    cfg = make_peft_config(method, ["q_proj"], block_size=8, rank=4)
-    if method in SORTH_METHODS:
-        assert isinstance(cfg, sorth.SOrthConfig)
-        assert (cfg.structure, cfg.side) == (
-            SORTH_METHODS[method]["structure"],
-            SORTH_METHODS[method]["side"],
-        )
-    else:
-        expected = {
-            "lora": peft.LoraConfig,
-            "peft_oft": peft.OFTConfig,
-            "peft_boft": peft.BOFTConfig,
-        }
-        assert isinstance(cfg, expected[method])
+    cfg = make_peft_config(method, ["q_proj"], block_size=8, rank=4, dropout=0.0)
+    entry = METHODS[method]
+    assert type(cfg).__name__ == entry.config
+    assert isinstance(cfg, sorth.SOrthConfig if entry.library == "sorth" else peft.PeftConfig)
+    for key, value in entry.fixed.items():
+        assert getattr(cfg, key) == value, key
+    assert cfg.target_modules == {"q_proj"}
+
+
+def test_registry_has_the_methods_the_programs_name():
+    """One table for recipes, benchmark, demo and CLI (issue 11): the names they all accept."""
+    expected = {"gsoft", "double_gsoft", "oft", "butterfly", "monarch", "lora", "peft_oft",
+                "peft_boft", "peft_hra", "peft_road", "peft_psoft"}  # fmt: skip
+    assert expected <= set(METHODS)
+    assert not make_peft_config("peft_oft", ["q"], block_size=8).use_cayley_neumann  # exact
+    assert make_peft_config("peft_oft_neumann", ["q"], block_size=8).use_cayley_neumann
+    assert make_peft_config("gsoft", ["q"], nblocks=4, storage="full").storage == "full"
+
+
+def test_every_program_uses_the_registry():
+    """The finetune, dreambooth and demo recipes and the benchmark take their names from it."""
+    from recipes import benchmark
+    from recipes.demo.__main__ import DemoConfig
+    from recipes.dreambooth.train import DreamBoothConfig
+    from recipes.finetune.train import FinetuneConfig
+    from sorth.integrations.methods import method_of  # what `sorth inspect` prints
+
+    def choices(cls, name):
+        return set(next(f for f in fields(cls) if f.name == name).metadata["choices"])
+
+    assert choices(FinetuneConfig, "method") == set(METHODS)
+    assert choices(DreamBoothConfig, "method") == set(METHODS)
+    assert choices(DemoConfig, "methods") <= set(METHODS)
+    assert {row.method for row in benchmark.ROWS.values()} <= set(METHODS)
+    assert "gs" not in benchmark.ROWS  # the old private names
+    assert "both" not in benchmark.ROWS
+    assert method_of({"peft_type": "SORTH", "structure": "gs", "side": "both"}) == "double_gsoft"
 
 
 def test_make_peft_config_errors():

@@ -32,7 +32,7 @@ TINY += ["--reps", "1", "--warmup", "0", "--threads", "1"]
 
 def test_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     bench = _benchmark()
-    methods = "lora,peft_oft,peft_boft,peft_boft_shim,gs,both,butterfly,oft"
+    methods = "lora,peft_oft,peft_boft,peft_boft_shim,gsoft,double_gsoft,butterfly,oft"
     argv = [*TINY, "--methods", methods, "--no-memory", "--out", str(tmp_path)]
     argv += ["--sweep", "32,64", "--sweep-tokens", "4", "--sweep-reps", "1"]
     bench.main(argv)
@@ -47,11 +47,11 @@ def test_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert rows["butterfly"]["butterfly_factors"] == 4
     if rows["peft_boft"]["butterfly_factors"] != 4:  # no fbd_cuda: PEFT fell back (D5)
         assert "fbd_cuda fallback" in rows["peft_boft"]["notes"][0]
-    assert set(res["sweep"]["steps"]["gs"]) == {"32", "64"}
+    assert set(res["sweep"]["steps"]["gsoft"]) == {"32", "64"}
     assert res["kernel"]["fwd_throughput_vs_bmm"] > 0
     table = (tmp_path / "benchmark.md").read_text()
     assert "| target | threshold | measured | met |" in table
-    assert "sorth GSOFT (`gs`)" in table
+    assert "sorth GSOFT (`gsoft`)" in table
     assert (tmp_path / "step_time_vs_d.png").stat().st_size > 0
     lora = rows["lora"]["train_step_all_ms"]
     for row in rows.values():  # ×LoRA is the paired ratio of the same rounds
@@ -75,7 +75,7 @@ def test_paired_ratio_cancels_load_drift() -> None:
 @pytest.mark.slow
 def test_memory_probe_runs_in_a_fresh_process(tmp_path: Path) -> None:
     bench = _benchmark()
-    mem = bench.memory_in_fresh_process("gs", [*TINY, "--out", str(tmp_path)])
+    mem = bench.memory_in_fresh_process("gsoft", [*TINY, "--out", str(tmp_path)])
     assert mem is not None
     assert mem["peak_mb"] > 0
     assert mem["step_mb"] >= 0

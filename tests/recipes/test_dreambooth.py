@@ -10,9 +10,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from safetensors.torch import load_file
 
-from integrations import testing
-from integrations.diffusers import load_sorth_into_pipeline
 from recipes.dreambooth import evaluate, train
+from sorth.integrations import testing
+from sorth.integrations.diffusers import load_sorth_into_pipeline
 
 
 def _args(sd, instance, out, *extra):

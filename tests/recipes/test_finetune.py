@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from integrations.transformers import from_adapter
 from recipes.finetune.train import main
+from sorth.integrations.transformers import from_adapter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def test_bad_input_one_line_errors(capsys, tiny_roberta_dir, sentiment_file, tmp
 
 def test_script_exit_status_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "recipes/finetune/train.py", "--model", str(tmp_path / "missing"),
+        [sys.executable, "-m", "recipes.finetune.train", "--model", str(tmp_path / "missing"),
          "--train_file", "x.jsonl", "--output_dir", str(tmp_path / "out")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -132,7 +132,7 @@ def test_help_documents_every_flag():
     from recipes.finetune.train import FinetuneConfig
 
     proc = subprocess.run(
-        [sys.executable, "recipes/finetune/train.py", "--help"],
+        [sys.executable, "-m", "recipes.finetune.train", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,

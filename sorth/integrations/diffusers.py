@@ -12,7 +12,7 @@ Usage::
 
     import torch
     from diffusers import StableDiffusionPipeline
-    from integrations.diffusers import load_sorth_into_pipeline
+    from sorth.integrations.diffusers import load_sorth_into_pipeline
 
     pipe = StableDiffusionPipeline.from_pretrained("path/to/sd", safety_checker=None)
     pipe = load_sorth_into_pipeline(pipe, "runs/dog/adapter", merge=True)  # zero overhead
@@ -23,6 +23,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from sorth.integrations._extras import require
+
+require("sorth.integrations.diffusers", "diffusion", "diffusers", "peft")
 
 __all__ = ["COMPONENTS", "load_sorth_into_pipeline", "save_pipeline_adapter"]
 

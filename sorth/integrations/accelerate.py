@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from integrations.io import atomic_dir
+from sorth.integrations._extras import require
+from sorth.integrations.io import atomic_dir
+
+require("sorth.integrations.accelerate", "peft", "accelerate")
 
 __all__ = ["rank_max_abs_diff", "save_adapter"]
 

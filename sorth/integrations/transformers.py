@@ -4,7 +4,7 @@ An adapter folder written by ``save_pretrained`` (the finetune recipe's ``adapte
 ``best/``) records its base model in ``adapter_config.json``; :func:`from_adapter` reloads base +
 adapter (+ tokenizer when saved alongside) in one call::
 
-    from integrations.transformers import from_adapter
+    from sorth.integrations.transformers import from_adapter
 
     model, tokenizer = from_adapter("runs/cola-gsoft/best", task="seq_cls", merge=True)
 
@@ -18,27 +18,57 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from integrations.peft import load_adapter
+from sorth.integrations._extras import require
+from sorth.integrations.peft import load_adapter
 
-__all__ = ["TASKS", "from_adapter"]
+require("sorth.integrations.transformers", "peft", "transformers", "peft", "safetensors")
+
+__all__ = ["TASKS", "TASK_AUTO_CLASSES", "adapter_head", "from_adapter", "saved_num_labels"]
 
 TASKS: dict[str, str] = {
     "seq_cls": "AutoModelForSequenceClassification",
     "causal_lm": "AutoModelForCausalLM",
 }
+# PEFT task types -> the transformers Auto class whose head the adapter was trained with
+TASK_AUTO_CLASSES: dict[str, str] = {
+    "CAUSAL_LM": "AutoModelForCausalLM",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
+    "TOKEN_CLS": "AutoModelForTokenClassification",
+    "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
+    "QUESTION_ANS": "AutoModelForQuestionAnswering",
+    "FEATURE_EXTRACTION": "AutoModel",
+}
+_HEADS = ("out_proj.weight", "score.weight", "classifier.weight")  # (num_labels, hidden)
 
 
-def _saved_num_labels(adapter_dir: Path) -> int:
-    """Outputs of the classifier head saved with the adapter (``modules_to_save``), else 2."""
+def saved_num_labels(adapter_dir: str | Path) -> int | None:
+    """Rows of the classification head saved with the adapter (``modules_to_save``), if any."""
     from safetensors import safe_open
 
-    with safe_open(adapter_dir / "adapter_model.safetensors", "pt") as f:
-        heads = sorted(
-            k
-            for k in f.keys()  # noqa: SIM118 - safe_open is not a dict
-            if k.endswith("weight") and (".classifier" in k or ".score" in k)
-        )
-        return int(f.get_slice(heads[-1]).get_shape()[0]) if heads else 2
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(path, "pt") as f:
+        keys = [k for k in f.keys() if "sorth_" not in k]  # noqa: SIM118 - not a dict
+        for head in _HEADS:
+            found = [k for k in keys if k.endswith(head)]
+            if found:
+                return int(f.get_slice(found[-1]).get_shape()[0])
+    return None
+
+
+def adapter_head(adapter_dir: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """The class (or Auto class) an adapter was trained on, and ``num_labels`` if it has a head.
+
+    Read from ``adapter_config.json`` (``auto_mapping.base_model_class``, else ``task_type``
+    through :data:`TASK_AUTO_CLASSES`) and the saved head's shape (:func:`saved_num_labels`).
+    """
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    task = str(config.get("task_type"))
+    wanted = (config.get("auto_mapping") or {}).get("base_model_class")
+    wanted = wanted or TASK_AUTO_CLASSES.get(task)
+    n = saved_num_labels(adapter_dir) if task in ("SEQ_CLS", "TOKEN_CLS") else None
+    return wanted, ({"num_labels": n} if n else {})
 
 
 def from_adapter(

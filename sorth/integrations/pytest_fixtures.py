@@ -1,6 +1,7 @@
-"""pytest fixtures over :mod:`integrations.testing`: tiny offline models in session temp folders.
+"""pytest fixtures over :mod:`sorth.integrations.testing`: tiny offline models in temp folders.
 
-Import the ones you need into a ``conftest.py`` (``from integrations.pytest_fixtures import ...``).
+Import the ones you need into a ``conftest.py``
+(``from sorth.integrations.pytest_fixtures import ...``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from integrations import testing
+from sorth.integrations import testing
+from sorth.integrations._extras import require
+
+require("sorth.integrations.pytest_fixtures", "test", "pytest")
 
 __all__ = [
     "instance_dir",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sorth.integrations._extras import require
+
 __all__ = [
     "WORDS",
     "random_images",
@@ -30,6 +32,7 @@ WORDS: tuple[str, ...] = tuple(_WORDS.split())
 
 def tiny_tokenizer(words: tuple[str, ...] = WORDS) -> Any:
     """A word-level fast tokenizer over ``words`` with ``[PAD] [UNK] <s> </s>`` specials."""
+    require("sorth.integrations.testing.tiny_tokenizer", "peft", "transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -46,6 +49,7 @@ def tiny_tokenizer(words: tuple[str, ...] = WORDS) -> Any:
 
 def tiny_llama(folder: str | Path, *, seed: int = 0) -> Path:
     """Save a 2-layer Llama (hidden 64, MLP 128) with :func:`tiny_tokenizer` to ``folder``."""
+    require("sorth.integrations.testing.tiny_llama", "peft", "transformers")
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -63,6 +67,7 @@ def tiny_llama(folder: str | Path, *, seed: int = 0) -> Path:
 
 def tiny_roberta(folder: str | Path, *, seed: int = 0) -> Path:
     """Save a 2-layer RoBERTa encoder (hidden 64, MLP 128) with :func:`tiny_tokenizer`."""
+    require("sorth.integrations.testing.tiny_roberta", "peft", "transformers")
     import torch
     from transformers import RobertaConfig, RobertaModel
 
@@ -89,6 +94,7 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 
 def tiny_clip_tokenizer(words: tuple[str, ...] = WORDS, max_length: int = 16) -> Any:
     """A CLIP BPE tokenizer whose merges spell every word of ``words`` as one token."""
+    require("sorth.integrations.testing.tiny_clip_tokenizer", "peft", "transformers")
     from transformers import CLIPTokenizer
 
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -114,6 +120,7 @@ def tiny_sd_pipeline(folder: str | Path, *, seed: int = 0) -> Path:
     UNet blocks (32, 64) with 8 attention modules (32 ``to_q/k/v/out.0`` Linears of width
     32/64), a 2-block VAE (latents 16×16) and a 2-layer CLIP text encoder (hidden 32).
     """
+    require("sorth.integrations.testing.tiny_sd_pipeline", "diffusion", "diffusers", "transformers")
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -157,6 +164,7 @@ def tiny_sd_pipeline(folder: str | Path, *, seed: int = 0) -> Path:
 
 def tiny_clip(folder: str | Path, *, image_size: int = 32, seed: int = 0) -> Path:
     """Save a tiny ``CLIPModel`` + image processor + tokenizer (for CLIP-I / CLIP-T tests)."""
+    require("sorth.integrations.testing.tiny_clip", "peft", "transformers")
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
@@ -181,6 +189,7 @@ def tiny_clip(folder: str | Path, *, image_size: int = 32, seed: int = 0) -> Pat
 
 def tiny_dino(folder: str | Path, *, image_size: int = 32, seed: int = 0) -> Path:
     """Save a tiny DINO-style ``ViTModel`` (no pooler) + image processor."""
+    require("sorth.integrations.testing.tiny_dino", "peft", "transformers")
     import torch
     from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
@@ -196,6 +205,7 @@ def tiny_dino(folder: str | Path, *, image_size: int = 32, seed: int = 0) -> Pat
 
 def random_images(folder: str | Path, count: int, *, size: int = 40, seed: int = 0) -> Path:
     """Write ``count`` smooth random RGB PNGs (``size``×``size``) to ``folder``."""
+    require("sorth.integrations.testing.random_images", "diffusion", "numpy", "PIL")
     import numpy as np
     from PIL import Image
 

@@ -1,0 +1,113 @@
+"""What every ``sorth`` command shares: the one-line error type, progress bars, path checks."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CONFIG_NAME", "EXIT_ERROR", "EXIT_USAGE", "WEIGHTS_NAME", "CLIError"]
+
+EXIT_ERROR, EXIT_USAGE = 1, 2
+CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _progress(items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+    """A tqdm progress bar on stderr (shown on a terminal only), or the items as they are."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, total=total, disable=None, leave=False, file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+    def set_description_str(self, desc: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _bar(desc: str, total: int) -> Any:
+    """A manual tqdm bar for work done in stages (``update()`` after each)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, disable=None, leave=False, file=sys.stderr)
+
+
+def _require_dir(path: str | os.PathLike, what: str, must_hold: Sequence[str] = ()) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CLIError(f"{what} '{path}' does not exist")
+    if not p.is_dir():
+        raise CLIError(f"{what} '{path}' is a file; pass the folder that holds it")
+    for name in must_hold:
+        if not (p / name).is_file():
+            raise CLIError(f"{what} '{path}' has no {name}: is it the right folder?")
+    return p
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CLIError(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"{path} is not a JSON object")
+    return data
+
+
+def _read_json_or_empty(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    return _read_json(path) if path.is_file() else {}
+
+
+def _natural(key: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+@contextlib.contextmanager
+def _quiet(*libraries: str) -> Iterator[None]:
+    """Our stage bar replaces the libraries' per-file bars; their notices are not errors.
+
+    Restores each library's logging verbosity and progress-bar setting on exit.
+    """
+    saved = []
+    for name in libraries:
+        log = importlib.import_module(f"{name}.utils.logging")
+        saved.append((log, log.get_verbosity(), log.is_progress_bar_enabled()))
+        log.disable_progress_bar()
+        log.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for log, verbosity, bars in saved:
+            log.set_verbosity(verbosity)
+            if bars:
+                log.enable_progress_bar()
+
+
+def _adapter_dirs(adapter: Path, components: Sequence[str] | None) -> dict[str | None, Path]:
+    """``{component: folder}``: one adapter folder, or one sub-folder per pipeline component."""
+    if (adapter / CONFIG_NAME).is_file():
+        return {None: adapter}
+    subs = {p.name: p for p in sorted(adapter.iterdir()) if (p / CONFIG_NAME).is_file()}
+    if components:
+        subs = {k: v for k, v in subs.items() if k in components}
+    if not subs:
+        raise CLIError(
+            f"adapter folder '{adapter}' has no {CONFIG_NAME} (nor sub-folders with one, e.g. "
+            "unet/ or text_encoder/)"
+        )
+    return subs

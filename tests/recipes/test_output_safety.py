@@ -1,0 +1,202 @@
+"""Issue 14, recipes: one run per output folder, damaged checkpoints, exclusive size flags.
+
+Every refusal is one line on stderr with exit status 2, before anything in the folder changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recipes.dreambooth import train as dreambooth
+from recipes.finetune.train import main as finetune
+from recipes.lipconvnet.train import main as lipconvnet
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the hash of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _refused(capsys, entry, argv, *needles: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        entry(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _ft_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--model", str(model), "--train_file", str(data), "--output_dir", str(out),
+        "--batch_size", "8", "--lr", "5e-3", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _damage(kind: str, ckpt: Path) -> None:
+    if kind == "truncated_model":
+        data = (ckpt / "model.safetensors").read_bytes()
+        (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif kind == "truncated_optimizer":
+        data = (ckpt / "optimizer.pt").read_bytes()
+        (ckpt / "optimizer.pt").write_bytes(data[: len(data) // 3])
+    elif kind == "bad_state":
+        (ckpt / "state.json").write_text("{not json")
+    elif kind == "missing_state":
+        (ckpt / "state.json").unlink()
+    elif kind == "missing_keys":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(ckpt / "model.safetensors")
+        tensors.pop(sorted(tensors)[0])
+        save_file(tensors, ckpt / "model.safetensors")
+    elif kind == "other_shape":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(ckpt / "model.safetensors")
+        key = next(k for k in sorted(tensors) if "sorth_" in k)
+        tensors[key] = tensors[key][..., :-1].contiguous()
+        save_file(tensors, ckpt / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_roberta_dir, sentiment_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    finetune(
+        _ft_args(tiny_roberta_dir, sentiment_file, out, "--max_steps", "2",
+                 "--checkpointing_steps", "1", "--block_size", "8")
+    )  # fmt: skip
+    return out
+
+
+def test_finished_run_is_not_replaced(capsys, tiny_roberta_dir, sentiment_file, finished_run):
+    """Regression: a second run silently replaced adapter/, best/, metrics and checkpoints."""
+    before = _snapshot(finished_run)
+    args = _ft_args(tiny_roberta_dir, sentiment_file, finished_run, "--max_steps", "1")
+    _refused(capsys, finetune, args, "already holds a run", "--overwrite_output_dir")
+    assert _snapshot(finished_run) == before
+
+
+def test_resume_with_other_options_is_refused(
+    capsys, tiny_roberta_dir, sentiment_file, finished_run
+):
+    before = _snapshot(finished_run)
+    args = _ft_args(tiny_roberta_dir, sentiment_file, finished_run, "--max_steps", "3",
+                    "--block_size", "4", "--resume_from_checkpoint", "latest")  # fmt: skip
+    _refused(capsys, finetune, args, "other options", "--block_size: 8 then, 4 now")
+    assert _snapshot(finished_run) == before
+
+
+def test_overwrite_never_mixes_checkpoints(tiny_roberta_dir, sentiment_file, tmp_path):
+    """Regression: run B pruned its own checkpoints but kept run A's; resume took A's."""
+    out = tmp_path / "run"
+    a = _ft_args(tiny_roberta_dir, sentiment_file, out, "--checkpointing_steps", "3")
+    finetune([*a, "--max_steps", "6"])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
+    b = _ft_args(tiny_roberta_dir, sentiment_file, out, "--checkpointing_steps", "1",
+                 "--lr", "1e-3", "--overwrite_output_dir")  # fmt: skip
+    finetune([*b, "--max_steps", "2"])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint-1",
+        "checkpoint-2",
+    ]
+    resumed = finetune([*b[:-1], "--max_steps", "3", "--resume_from_checkpoint", "latest"])
+    assert [h["step"] for h in resumed["history"]] == [2, 3]  # B's history (A's ended at 6)
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "state.json").read_text())
+    assert state["run"] == json.loads((out / "run.json").read_text())["run"]
+
+
+def test_output_dir_that_is_a_file_is_refused_before_training(
+    capsys, tiny_roberta_dir, sentiment_file, tmp_path, monkeypatch
+):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    monkeypatch.setattr(
+        "recipes.finetune.train._load_model", lambda *a: pytest.fail("trained before checking")
+    )
+    args = _ft_args(tiny_roberta_dir, sentiment_file, target, "--max_steps", "1")
+    _refused(capsys, finetune, args, "is a file")
+    assert target.read_text() == "keep me"
+    _refused(capsys, lipconvnet, ["--dataset", "digits", "--output_dir", str(target)], "is a file")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated_model",
+        "truncated_optimizer",
+        "bad_state",
+        "missing_state",
+        "missing_keys",
+        "other_shape",
+    ],
+)
+def test_damaged_finetune_checkpoint_is_one_line(
+    capsys, tiny_roberta_dir, sentiment_file, finished_run, tmp_path, kind
+):
+    """Regression: a damaged checkpoint ended in a traceback (exit 1)."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    _damage(kind, out / "checkpoints" / "checkpoint-2")
+    before = _snapshot(out)
+    args = _ft_args(tiny_roberta_dir, sentiment_file, out, "--max_steps", "3",
+                    "--block_size", "8", "--resume_from_checkpoint", "latest")  # fmt: skip
+    _refused(capsys, finetune, args, "cannot resume from checkpoint", "checkpoint-2")
+    assert _snapshot(out) == before
+
+
+def test_damaged_lipconvnet_checkpoint_is_one_line(capsys, tmp_path):
+    args = [
+        "--dataset", "digits", "--depth", "5", "--init_channels", "4", "--groups", "2",
+        "--batch_size", "32", "--train_samples", "64", "--test_samples", "32",
+        "--output_dir", str(tmp_path), "--no-progress",
+    ]  # fmt: skip
+    lipconvnet([*args, "--epochs", "1"])
+    _refused(capsys, lipconvnet, [*args, "--epochs", "1"], "already holds a run")
+    _damage("truncated_model", tmp_path / "checkpoints" / "checkpoint-2")
+    resume = [*args, "--epochs", "2", "--resume_from_checkpoint", "latest"]
+    _refused(capsys, lipconvnet, resume, "cannot resume from checkpoint")
+
+
+@pytest.mark.slow
+def test_damaged_dreambooth_checkpoint_is_one_line(capsys, tiny_sd_dir, instance_dir, tmp_path):
+    args = [
+        "--pretrained_model", str(tiny_sd_dir), "--instance_data_dir", str(instance_dir),
+        "--output_dir", str(tmp_path), "--resolution", "32", "--train_batch_size", "2",
+        "--nblocks", "4", "--inference_steps", "2", "--no-progress", "--checkpointing_steps", "1",
+    ]  # fmt: skip
+    dreambooth.main([*args, "--max_train_steps", "1"])
+    _damage("bad_state", tmp_path / "checkpoints" / "checkpoint-1")
+    resume = [*args, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"]
+    _refused(capsys, dreambooth.main, resume, "cannot resume from checkpoint", "state.json")
+
+
+def test_block_size_with_nblocks_is_refused(
+    capsys, tiny_roberta_dir, sentiment_file, tiny_sd_dir, instance_dir, tmp_path
+):
+    """Regression: finetune used --nblocks, dreambooth --block_size, when both were given."""
+    args = _ft_args(tiny_roberta_dir, sentiment_file, tmp_path / "ft", "--max_steps", "1",
+                    "--block_size", "8", "--nblocks", "4")  # fmt: skip
+    _refused(capsys, finetune, args, "--block_size=8 and --nblocks=4 are exclusive")
+    db = [
+        "--pretrained_model", str(tiny_sd_dir), "--instance_data_dir", str(instance_dir),
+        "--output_dir", str(tmp_path / "db"), "--block_size", "8", "--nblocks", "4",
+    ]  # fmt: skip
+    _refused(capsys, dreambooth.main, db, "--block_size=8 and --nblocks=4 are exclusive")
+    assert not (tmp_path / "ft").exists()
+    assert not (tmp_path / "db").exists()
