@@ -81,7 +81,10 @@ def _template(structure: str, shapes: list[tuple[int, int]]) -> GSMatrix:
 # catches every kind of update — optimizer steps, ``load_state_dict``, ``.to()``, and in-place
 # writes through ``p.data`` that bypass autograd's version counter — for the price of one
 # comparison of the (small) parameters, against a batched LU solve of every block. The cache is
-# a plain attribute: not in the state dict, not a buffer.
+# a plain attribute: not in the state dict, not a buffer. It is also keyed on whether the factors
+# came from a warm start (training mode with Cayley, Note [warm Cayley]): factors computed by a
+# gradient-free call in training mode are never reused in eval mode, so eval-mode factors are
+# always a fresh solve of the current parameters and do not depend on the training history.
 class _FactorCache:
     def __init__(self, module: GSOrthogonal, factors: list[torch.Tensor]):
         self.meta = _cache_meta(module)
@@ -96,7 +99,8 @@ class _FactorCache:
 
 def _cache_meta(module: GSOrthogonal) -> tuple:
     shapes = tuple((p.shape, p.dtype, p.device) for p in module.params)
-    return (*shapes, module.method, module.neumann_terms, module.storage)
+    warm = module.training and module.method == "cayley"  # see _compute_factors
+    return (*shapes, module.method, module.neumann_terms, module.storage, warm)
 
 
 class GSOrthogonal(nn.Module):

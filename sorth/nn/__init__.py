@@ -14,8 +14,10 @@ from sorth.nn.certify import (
     certified_radius,
     exact_conv_singular_values,
     layer_lipschitz_bounds,
+    layer_lipschitz_estimates,
     layer_singular_values,
     lipschitz_bound,
+    lipschitz_estimate,
 )
 from sorth.nn.data import (
     CIFAR_MEAN,
@@ -29,6 +31,7 @@ from sorth.nn.linear import CayleyLinear, GSOrthogonalLinear
 from sorth.nn.lipconvnet import LipConvNet, Normalize, SpaceToDepth, nominal_lipschitz
 from sorth.nn.shuffle import ChannelShuffle, channel_permutation, channel_shuffle
 from sorth.nn.soc import SOC2d, conv_exponential, skew_kernel, transpose_kernel
+from sorth.nn.spectra import conv_norm_bound
 
 __all__ = [
     "CIFAR_MEAN",
@@ -50,10 +53,13 @@ __all__ = [
     "channel_permutation",
     "channel_shuffle",
     "conv_exponential",
+    "conv_norm_bound",
     "exact_conv_singular_values",
     "layer_lipschitz_bounds",
+    "layer_lipschitz_estimates",
     "layer_singular_values",
     "lipschitz_bound",
+    "lipschitz_estimate",
     "load_cifar",
     "load_digits_dataset",
     "max_min",

@@ -7,7 +7,8 @@ conv is 1×1. With ``init_channels = w`` the widths are ``in → w → … → 2
 SOC ``32w·(image_size/32)² → num_classes`` (first outputs kept), after an exact space-to-depth
 when ``image_size > 32``. Every layer is orthogonal (up to the Taylor remainder), a
 permutation or MaxMin, so the network is 1-Lipschitz up to the optional input normalisation
-(Lipschitz ``1/min(std)``), which :func:`nominal_lipschitz` reports.
+(Lipschitz ``1/min(std)``), which :func:`nominal_lipschitz` reports; certificates use the
+strict :func:`~sorth.nn.lipschitz_bound`, which accounts for the truncation.
 
 ``conv="soc"`` uses :class:`~sorth.nn.SOC2d`; ``conv="gs"`` uses
 :class:`~sorth.nn.GSOrthogonalConv2d` with ``groups``; the head is a plain SOC in both cases.
@@ -77,7 +78,11 @@ class SpaceToDepth(nn.Module):
 
 
 def nominal_lipschitz(model: nn.Module) -> float:
-    """Lipschitz constant assuming every orthogonal layer is exact: ``Π 1/min(std)``."""
+    """Lipschitz constant *if* every layer were exactly orthogonal: ``Π 1/min(std)``.
+
+    Not a certificate: it ignores the Taylor truncation and returns 1.0 for any model without
+    a :class:`Normalize` (a plain MLP included). Certify with :func:`sorth.nn.lipschitz_bound`.
+    """
     out = 1.0
     for m in model.modules():
         if isinstance(m, Normalize):

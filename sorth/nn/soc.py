@@ -17,7 +17,7 @@ norms of four reshapings of ``L`` (``(out·h)×(in·w)``, ``(out·w)×(in·h)``,
 code it omits the ``√(hw)`` factor of the proven bound, so ``ρ`` may exceed ``c`` (it is exact
 for 1×1 kernels); ``c = correction`` (0.7 for k > 1, 1.0 for 1×1) keeps ``ρ`` small enough that
 12 eval terms leave a remainder of ~1e-5. The truncation can therefore push a layer slightly
-above 1: measure it (:func:`sorth.nn.lipschitz_bound`), never assume it.
+above 1: bound it (:func:`sorth.nn.lipschitz_bound` accounts for it), never assume it.
 
 Shapes: ``g`` groups, ``c`` channels per group, ``C = g·c = max(in·s², out)``, ``k`` kernel size.
 Stride 2 is an invertible downsampling (``pixel_unshuffle``, an exact permutation) followed by a

@@ -10,7 +10,10 @@ Besides PEFT's generic machinery this adds:
   convention transformers uses for PEFT keys).
 * **Checkpoint checks on load**: missing, unexpected or mis-shaped adapter tensors (an adapter
   saved for another model or with another structure) raise :class:`AdapterCheckpointError`
-  naming the key and both shapes; the half-loaded adapter is removed again first.
+  naming the key and both shapes. Any failed load, also one inside PEFT's own state-dict load
+  (e.g. a ``modules_to_save`` head of another size), is rolled back first: modules, attributes,
+  ``peft_config``, ``requires_grad`` and tensor values as before the call (Note [load rollback]
+  in :mod:`sorth.tuner.rollback`).
 * **Mixed-adapter batches**: ``model(x, adapter_names=[...])`` routes each sample through its
   adapter (``"__base__"``: no adapter), in eval mode.
 """
@@ -28,7 +31,6 @@ import torch
 from peft.tuners.tuners_utils import (
     BaseTuner,
     BaseTunerLayer,
-    _get_submodules,
     _maybe_include_all_linear_layers,
 )
 from peft.utils import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
@@ -39,6 +41,7 @@ from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
 from sorth.tuner.layer import SOrthLayer
 from sorth.tuner.layer_types import dispatch_layer_class
 from sorth.tuner.registration import PREFIX
+from sorth.tuner.rollback import begin_load, record_injection
 
 __all__ = ["AdapterCheckpointError", "SOrthModel", "UnsupportedLayerError"]
 
@@ -74,9 +77,8 @@ class SOrthModel(BaseTuner):
     def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
         """Check every targeted module before the first is replaced (model stays unchanged).
 
-        Also records each parameter's ``requires_grad``, so a failed load can restore it.
+        Inside a PEFT load, also snapshots the model so a failed load can roll back.
         """
-        self._requires_grad_before = [(p, p.requires_grad) for p in model.parameters()]
         config = _maybe_include_all_linear_layers(copy.deepcopy(peft_config), model)
         tuner_prefixes = [
             n + "." for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)
@@ -87,6 +89,7 @@ class SOrthModel(BaseTuner):
             if not self._check_target_module_exists(config, key):
                 continue
             self._check_target(config, key, module)
+        record_injection(model, self)  # after the checks: a bad config changes nothing
 
     @staticmethod
     def _check_target(config: Any, key: str, module: nn.Module) -> None:
@@ -211,11 +214,13 @@ class SOrthModel(BaseTuner):
         remapped = super()._remap_adapter_state_dict_for_load(
             model, config, adapter_name, state_dict
         )
+        transaction = begin_load(model, adapter_name, remapped)
         try:
             _check_checkpoint(model, adapter_name, remapped)
         except AdapterCheckpointError:
-            _rollback_adapter(model, adapter_name)
+            transaction.rollback()
             raise
+        transaction.guard(model, adapter_name, remapped)  # rolls back if the load reports errors
         return remapped
 
 
@@ -252,22 +257,3 @@ def _check_checkpoint(model: nn.Module, adapter_name: str, loaded: dict[str, tor
                 f"adapter checkpoint tensor {name!r} contains NaN/inf values; the file is "
                 "corrupted."
             )
-
-
-def _rollback_adapter(model: nn.Module, adapter_name: str) -> None:
-    """Remove a half-loaded adapter; layers left without adapters revert to their base layer."""
-    for key, module in list(model.named_modules()):
-        if not isinstance(module, SOrthLayer):
-            continue
-        if adapter_name in module._all_available_adapter_names():
-            module.delete_adapter(adapter_name)
-        if not module._all_available_adapter_names():
-            parent, _, name = _get_submodules(model, key)
-            setattr(parent, name, module.get_base_layer())
-    for tuner in model.modules():
-        if isinstance(tuner, SOrthModel):
-            for param, flag in getattr(tuner, "_requires_grad_before", []):
-                param.requires_grad_(flag)
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict):
-        peft_config.pop(adapter_name, None)

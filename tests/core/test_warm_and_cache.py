@@ -198,3 +198,29 @@ def test_cache_not_used_for_block_dropout(monkeypatch) -> None:
         q(torch.randn(2, 64))
         q(torch.randn(2, 64))
     assert calls[0] == 2
+
+
+def test_eval_does_not_reuse_factors_cached_in_training_mode() -> None:
+    """Regression: a gradient-free call in training mode cached warm-started factors, and the next
+    eval-mode call reused them (1.8e-6 away from a fresh solve). Eval must equal a fresh module
+    holding the same parameters, bit for bit."""
+    torch.manual_seed(0)
+    q = sorth.GSOrthogonal(256, block_size=32)
+    q.reset_parameters("random", std=0.2)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    x = torch.randn(4, 256)
+    for _ in range(3):  # warm starts from the second step on
+        q(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        q(x)  # training mode, gradients off: caches warm-started factors
+    fresh = sorth.GSOrthogonal(256, block_size=32)
+    fresh.load_state_dict(q.state_dict())
+    q.eval()
+    fresh.eval()
+    with torch.no_grad():
+        got, ref = q(x), fresh(x)
+        for a, b in zip(q.orthogonal_factors(), fresh.orthogonal_factors(), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)

@@ -59,6 +59,8 @@ def test_lipschitz_cnn() -> None:
     args = ["--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--init-channels", "4"]
     out = _load("lipschitz_cnn").main([*args, "--power-iters", "5"])
     assert out["steps"] == 2
-    # every layer is orthogonal or 1-Lipschitz; power iterations approach the bound from below
-    assert 0.9 < out["lipschitz_bound"] <= 1.0 + 1e-2
+    # every layer is orthogonal or 1-Lipschitz: the strict bound is 1 up to the Taylor
+    # truncation and rounding allowances; the power iteration approaches it from below
+    assert 1.0 <= out["lipschitz_bound"] <= 1.0 + 1e-4
+    assert 0.9 < out["lipschitz_estimate"] <= out["lipschitz_bound"]
     assert 0.0 <= out["certified"] <= out["clean"] <= 1.0

@@ -99,23 +99,9 @@ def test_lipschitz_bound_dominates_adversarial_search_and_is_close_to_one() -> N
     assert found > 0.5  # the search did find a nearly tight pair
 
 
-def test_lipschitz_bound_includes_normalisation_and_rejects_unknown_layers() -> None:
-    net = snn.LipConvNet(5, "soc", init_channels=4, num_classes=10, mean=(0.5,) * 3,
-                         std=(0.25, 0.5, 0.5))  # fmt: skip
-    assert net.nominal_lipschitz() == pytest.approx(4.0)
-    assert snn.lipschitz_bound(net, (3, 32, 32), n_iter=20) == pytest.approx(4.0, rel=1e-3)
-    with pytest.raises(TypeError, match="cannot bound layer"):
-        snn.lipschitz_bound(torch.nn.Sequential(torch.nn.Tanh()), (4,))
-    layers = snn.layer_lipschitz_bounds(
-        torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False)), (3,)
-    )
-    W = layers and dict(layers)
-    assert W is not None
-
-
 def test_lipschitz_bound_of_a_plain_linear_layer_is_its_norm() -> None:
     lin = torch.nn.Linear(6, 4).double()
-    bound = snn.lipschitz_bound(lin, (6,), n_iter=200)
+    bound = snn.lipschitz_bound(lin, (6,))
     assert bound == pytest.approx(
         float(torch.linalg.matrix_norm(lin.weight.detach(), ord=2)), rel=1e-8
     )
