@@ -35,7 +35,9 @@ def _adapter(**kw):
         {"side": "both"},
         {"scale": False},
         {"method": "expm"},
-        {"method": "cayley_neumann", "neumann_terms": 1},
+        {
+            "method": "cayley_neumann"
+        },  # (neumann_terms=1 is exactly Cayley: Note [neumann fallback])
         {"storage": "full"},
         {"init_std": 0.3},
         {"target_modules": ["lin0"]},
