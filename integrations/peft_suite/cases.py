@@ -19,7 +19,7 @@ from torch import nn
 
 from sorth.tuner import SOrthConfig
 
-__all__ = ["EXTRA_MODELS", "MULTIPLE_ACTIVE_CASES", "SORTH_CASES"]
+__all__ = ["EXTRA_MODELS", "FAST_CASES", "MULTIPLE_ACTIVE_CASES", "SORTH_CASES"]
 
 C = SOrthConfig
 
@@ -159,13 +159,28 @@ SORTH_CASES = [
         "Conv2dSpatial",
         C,
         {
-            "target_modules": ["conv2d", "lin0"],
+            "target_modules": ["conv2d"],
             "side": "both",
             "block_size": 4,
             "method": "cayley_neumann",
         },
     ),
 ]
+
+# Rows run by default; every other row is marked ``slow`` (``make test`` runs both steps). One
+# row per layer type, plus the default size, Double GSOFT, Monarch + Neumann and the grouped conv.
+FAST_CASES: frozenset[str] = frozenset(
+    {
+        "MLP default size both layers",
+        "MLP side both",
+        "MLP2 monarch cayley_neumann output",
+        "MLP modules_to_save",
+        "EmbConv1D all-linear",
+        "EmbConv1D emb",
+        "Conv2dGroups2 block_size 8",
+        "Conv2dSpatial filter",
+    }
+)
 
 # (test_name, tuner_method, config_cls, config_kwargs_1, config_kwargs_2) on PEFT's MLP
 MULTIPLE_ACTIVE_CASES = [

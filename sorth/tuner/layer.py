@@ -132,6 +132,9 @@ class SOrthLayer(BaseTunerLayer):
     _w_in_dim: int = 1
     _w_out_dim: int = 0
     _act_dim: int = -1
+    # apply every adapter to the weight inside the forward (the merge's own arithmetic, so the
+    # merged layer gives the same numbers); Conv2d, whose weight is small next to its activations
+    _fold_in_forward: bool = False
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -141,6 +144,8 @@ class SOrthLayer(BaseTunerLayer):
         self.sorth_on_weight: dict[str, bool] = {}
         self._disable_adapters = False
         self.merged_adapters = []
+        # (base weight before the first merge, adapter names of each merge call since)
+        self._merge_snapshot: tuple[torch.Tensor, list[list[str]]] | None = None
         self.in_features, self.out_features = self._feature_sizes(base_layer)
 
     # ----------------------------------------------------------------- per-type hooks
@@ -255,10 +260,12 @@ class SOrthLayer(BaseTunerLayer):
         base = self.get_base_layer()
         previous_dtype = x.dtype if x.is_floating_point() else base.weight.dtype  # (Embedding)
         W = base.weight  # not .data: a base weight made trainable still gets its gradient
-        # Adapters that rotate the weight itself (Conv2d filter side) come first: they are folded
-        # into W whole (A_out and s too) by the merge's own arithmetic, so merged == unmerged.
+        # Adapters applied to the weight (Conv2d) come first: they are folded into W whole
+        # (A_in, A_out and s) by the merge's own arithmetic, so merged == unmerged.
         folded = 0
-        while folded < len(adapters) and self.sorth_on_weight[adapters[folded]]:
+        while folded < len(adapters) and (
+            self._fold_in_forward or self.sorth_on_weight[adapters[folded]]
+        ):
             W = self._apply_to_weight(W, adapters[folded], inverse=False, dropout=True)
             folded += 1
         adapters = adapters[folded:]
@@ -389,6 +396,15 @@ class SOrthLayer(BaseTunerLayer):
         contiguous as the base weight was, so e.g. safetensors can save it."""
         return torch.empty_like(old).copy_(new)
 
+    def _merged(self, W0: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """One merge call's result in ``W0``'s dtype and layout (refuses non-finite)."""
+        W = W0
+        for name in names:
+            W = self._apply_to_weight(W, name, inverse=False)
+            if not torch.isfinite(W).all():
+                raise ValueError(NAN_MESSAGE.format(name))
+        return self._like(W, W0)
+
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Fold the adapters into the base weight, in the order they are applied.
@@ -397,33 +413,67 @@ class SOrthLayer(BaseTunerLayer):
         ``merged_adapters`` change only if all succeed. A non-finite result is refused with
         ``safe_merge=True`` (PEFT's message); sorth also refuses it without ``safe_merge``,
         since the base weight could not be restored from it.
+
+        Note [exact unmerge]: the base weight tensor replaced by the first merge is kept (not
+        copied: the layer just does not free it), so that :meth:`unmerge` puts the original
+        bits back when the current weight is still bit for bit what the merges wrote (checked
+        by redoing them); otherwise it inverts the merges arithmetically. In float32 the inverse
+        is exact only to a few ulps, and repeated merge/unmerge cycles (e.g. evaluation during
+        training) would otherwise drift the frozen weights.
         """
         names = self._present(check_adapters_to_merge(self, adapter_names))
         if not names:
             return
         W0 = self.get_base_weight()
-        W = W0
-        for name in names:
-            W = self._apply_to_weight(W, name, inverse=False)
-            if not torch.isfinite(W).all():
-                raise ValueError(NAN_MESSAGE.format(name))
-        self.set_base_weight(self._like(W, W0))
+        merged = self._merged(W0, names)
+        self.set_base_weight(merged)
+        if not self.merged_adapters and getattr(self, "quantization_backend", None) is None:
+            self._merge_snapshot = (W0, [])  # (a quantized weight is rebuilt: no snapshot)
+        if self._merge_snapshot is not None:
+            self._merge_snapshot[1].append(list(names))
         self.merged_adapters.extend(names)
+
+    def _original_weight(self) -> torch.Tensor | None:
+        """The weight before the merges if the current one is exactly what they wrote."""
+        if self._merge_snapshot is None:
+            return None
+        original, calls = self._merge_snapshot
+        if sum(len(c) for c in calls) != len(self.merged_adapters):
+            return None
+        if original.device != self.get_base_weight().device:  # moved while merged
+            return None
+        if any(n not in self.sorth_on_weight for c in calls for n in c):
+            return None
+        W = original
+        try:
+            for names in calls:
+                W = self._merged(W, names)
+        except ValueError:
+            return None
+        current = self.get_base_weight()
+        same = W.shape == current.shape and W.dtype == current.dtype
+        return original if same and torch.equal(W, current) else None
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Undo :meth:`merge` (last merged first) with ``Aᵀ`` (block solves for Neumann) and
-        ``1/s``. All-or-nothing, like :meth:`merge`: on an error the weight and
-        ``merged_adapters`` are left as they were."""
+        """Undo :meth:`merge`: the original weight when still valid (Note [exact unmerge]),
+        else the inverse, last merged first, with ``Aᵀ`` (block solves for Neumann) and ``1/s``.
+        All-or-nothing, like :meth:`merge`: on an error the weight and ``merged_adapters`` are
+        left as they were."""
         if not self.merged_adapters:
+            self._merge_snapshot = None
             return
-        W0 = self.get_base_weight()
-        W = W0
-        for name in reversed(self.merged_adapters):
-            if name in self.sorth_on_weight:
-                W = self._apply_to_weight(W, name, inverse=True)
-        self.set_base_weight(self._like(W, W0))
+        W = self._original_weight()
+        if W is None:
+            W0 = self.get_base_weight()
+            W = W0
+            for name in reversed(self.merged_adapters):
+                if name in self.sorth_on_weight:
+                    W = self._apply_to_weight(W, name, inverse=True)
+            W = self._like(W, W0)
+        self.set_base_weight(W)
         self.merged_adapters.clear()
+        self._merge_snapshot = None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

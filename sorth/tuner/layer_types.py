@@ -63,6 +63,7 @@ class Conv2d(Linear):
     ``(N, C, H, W)`` or unbatched ``(C, H, W)``, so the channels are dim ``-3``."""
 
     _act_dim = -3
+    _fold_in_forward = True  # merged == unmerged for any kernel/stride/groups (see SOrthLayer)
 
     @staticmethod
     def _feature_sizes(base: nn.Module) -> tuple[int, int]:

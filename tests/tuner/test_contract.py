@@ -229,10 +229,12 @@ def test_monarch_neumann_unmerge_restores_the_weights() -> None:
 
 
 def _fail_on(monkeypatch, layer: SOrthLayer, inverse: bool) -> None:
+    """Make the second adapter's merge (or inverse) step on ``layer`` raise."""
     real = SOrthLayer._apply_to_weight
+    second = "default" if inverse else "other"  # unmerge goes last merged first
 
     def flaky(self, W, name, inverse, dropout=False, _fail=inverse):
-        if self is layer and inverse == _fail and name == "other":
+        if self is layer and inverse == _fail and name == second:
             raise RuntimeError("boom")
         return real(self, W, name, inverse=inverse, dropout=dropout)
 
@@ -250,6 +252,7 @@ def test_a_failed_merge_or_unmerge_leaves_the_state_as_it_was(step: str, monkeyp
     layer = model.base_model.model.lin0
     if step == "unmerge":
         layer.merge()
+        layer._merge_snapshot = None  # no exact restore (as after a device move): the inverse
     before = (layer.get_base_weight().clone(), list(layer.merged_adapters))
     _fail_on(monkeypatch, layer, inverse=step == "unmerge")
     with pytest.raises(RuntimeError, match="boom"):
@@ -308,3 +311,36 @@ def test_embedding_max_norm_without_scale_merges_exactly() -> None:
         torch.testing.assert_close(model(idx), y, **F32)
         torch.testing.assert_close(model.base_model.model.emb.get_base_weight(), W, **F32)
     assert float(y.norm(dim=-1).max()) <= 1.0 + 1e-6
+
+
+# ------------------------------------------------------------------------- exact unmerge
+def test_unmerge_restores_the_base_weight_bit_for_bit() -> None:
+    # Note [exact unmerge]: merge/unmerge cycles (e.g. evaluation during training) do not drift
+    torch.manual_seed(0)
+    cfg = SOrthConfig(target_modules=["lin0", "lin1"], side="both", init_weights=False)
+    model = get_peft_model(MLP(), cfg)
+    weights = _weights(model)
+    for _ in range(3):
+        model.merge_adapter()
+        model.unmerge_adapter()
+    for n, p in model.named_parameters():
+        if n in weights:
+            assert torch.equal(p, weights[n]), n
+
+
+def test_unmerge_inverts_a_merged_weight_that_was_changed() -> None:
+    torch.manual_seed(0)
+    cfg = SOrthConfig(target_modules=["lin0"], side="both", init_weights=False)
+    model = get_peft_model(MLP(), cfg).eval()
+    layer = model.base_model.model.lin0
+    W = layer.get_base_weight().clone()
+    model.merge_adapter()
+    with torch.no_grad():
+        layer.get_base_layer().weight.add_(1.0)  # e.g. a user edit while merged
+    model.unmerge_adapter()
+    # the snapshot is stale, so the merge is inverted: A^T (W' + 1) A_out^T / s, not W
+    assert not torch.equal(layer.get_base_weight(), W)
+    expected = layer._apply_to_weight(
+        layer._apply_to_weight(W, "default", False) + 1, "default", True
+    )
+    torch.testing.assert_close(layer.get_base_weight(), expected, **F32)
