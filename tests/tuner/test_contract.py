@@ -236,7 +236,7 @@ def _fail_on(monkeypatch, layer: SOrthLayer, inverse: bool) -> None:
     def flaky(self, W, name, inverse, dropout=False, _fail=inverse):
         if self is layer and inverse == _fail and name == second:
             raise RuntimeError("boom")
-        return real(self, W, name, inverse=inverse, dropout=dropout)
+        return real(self, W, name, inverse=inverse, **({"dropout": True} if dropout else {}))
 
     monkeypatch.setattr(SOrthLayer, "_apply_to_weight", flaky)
 
