@@ -5,21 +5,23 @@ adapted weight is built adapter by adapter (``W_0 = W``)::
 
     W_j = diag(s_j) · A_out_j · W_{j-1} · A_in_j          (A = I for a side that is off)
 
-The forward never materialises ``W_k`` or any dense ``A``: it rotates the input activations
-(``A_in_k`` first, ``A_in_1`` last), runs the frozen layer without its bias, then applies
-``A_out_1, s_1, …, A_out_k, s_k`` and finally adds the bias. Merging applies the same recursion
-to the weight (so several active adapters merge in the order they are applied) and unmerging
-inverts it with ``Aᵀ`` (the factors are orthogonal; never ``linalg.inv``) and ``1 / s``.
+For Linear, Conv1D and Embedding the forward never materialises ``W_k`` or any dense ``A``: it
+rotates the input activations (``A_in_k`` first, ``A_in_1`` last), runs the frozen layer without
+its bias, then applies ``A_out_1, s_1, …, A_out_k, s_k`` and finally adds the bias. Merging
+applies the same recursion to the weight (so several active adapters merge in the order they
+are applied) and unmerging inverts it with ``Aᵀ`` (the factors are orthogonal; never
+``linalg.inv``) and ``1 / s``, or restores the original weight (Note [exact unmerge]).
 
 Weight layouts: a layer names the weight dims holding the in- and out-features
 (``_w_in_dim``, ``_w_out_dim``) and the activation dim of its features (``_act_dim``). "Rows"
 below are the weight with the rotated dim moved last, so that ``W · A`` is ``rows @ A``.
 
 Conv2d with ``conv_side="filter"`` rotates the flattened ``C/groups·kh·kw`` filter; that
-rotation cannot act on activations (patches overlap), so it is applied to the weight inside
-the forward with the GS factors (``O(d_out·d·b)``, no dense ``d × d``). This is exact for any
-kernel, stride, padding, dilation, padding_mode and groups; ``conv_side="channels"`` rotates
-the input channels on the activations (exact for the same reasons; ``groups=1``).
+rotation cannot act on activations (patches overlap). A Conv2d therefore builds ``W_k`` inside
+the forward with the GS factors (``O(d_out·d·b)``, no dense ``d × d``) by the merge's own
+arithmetic — for ``conv_side="channels"`` (input channels, ``groups=1``) too — so its merged
+layer gives the same numbers as the adapter. This is exact for any kernel, stride, padding,
+dilation, padding_mode and groups.
 """
 
 from __future__ import annotations
