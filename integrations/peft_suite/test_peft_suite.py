@@ -36,6 +36,12 @@ except SdistUnavailableError as err:
 CASE_ARGS = "test_name, model_id, config_cls, config_kwargs"
 MULTI_ARGS = "test_name, tuner_method, config_cls, config_kwargs_1, config_kwargs_2"
 
+# sorth differs from PEFT's own methods on purpose where PEFT's suite does not look (each is
+# tested in tests/tuner/test_contract.py): a merge with a non-finite result is refused even
+# without safe_merge; "cayley_neumann" solves exactly the blocks whose Neumann bound exceeds 1e-2
+# (PEFT's OFT keeps the series and diverges after PEFT's own lr-0.5 steps); unmerge restores the
+# original weight bit for bit; b = 1 and Embedding(max_norm) with a scale are refused.
+#
 # Where a PEFT check does not apply, on purpose: (test, case) -> the one-line reason. The
 # property is checked by sorth's own suite instead where one exists (named in the reason).
 _MAX_NORM = (
