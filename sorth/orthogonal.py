@@ -20,6 +20,14 @@ Cayley matrix. With ``ρ = ‖K‖₂`` this gives ``‖Q_t − C‖₂ ≤ ρ^t
 ``‖Q_tᵀQ_t − I‖₂ ≤ 2ρ^t + ρ^{2t}``: orthogonal only while the parameters stay small (ρ < 1), and
 the error grows like ``ρ^t`` once ρ > 1. :func:`neumann_error_bound` computes the bound; prefer
 ``"cayley"`` (exact) unless profiling says otherwise.
+
+Note [neumann fallback]: :func:`cayley_neumann` bounds ρ of every block by ``‖K‖_F / √2`` (for a
+skew ``K`` the eigenvalues come in pairs ``±iλ``, so ``‖K‖_F² ≥ 2ρ²``) and, for each block whose
+bound ``2ρ^t + ρ^{2t}`` exceeds ``max_error`` (:data:`NEUMANN_MAX_ERROR` = 1e-2 by default), returns
+the exact Cayley solve instead of the series. Every block it returns is thus within
+``‖QᵀQ − I‖₂ ≤ max_error`` of orthogonal, whatever the parameters: after a large step (e.g.
+PEFT's SGD lr 0.5 test) the series would grow like ``ρ^t`` and training would diverge to NaN.
+Small generators (the usual regime) keep the fast matmul-only path.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from sorth.errors import ShapeError, check_choice, check_positive_int
 
 __all__ = [
     "METHODS",
+    "NEUMANN_MAX_ERROR",
     "cayley",
     "cayley_neumann",
     "expm",
@@ -45,6 +54,7 @@ __all__ = [
 
 Method = Literal["cayley", "expm", "cayley_neumann"]
 METHODS: tuple[str, ...] = ("cayley", "expm", "cayley_neumann")
+NEUMANN_MAX_ERROR = 1e-2  # Note [neumann fallback]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -175,10 +185,14 @@ def cayley(K: torch.Tensor, guess: torch.Tensor | None = None) -> torch.Tensor:
     return _Cayley.apply(K, guess)
 
 
-def cayley_neumann(K: torch.Tensor, terms: int = 5) -> torch.Tensor:
+def cayley_neumann(
+    K: torch.Tensor, terms: int = 5, max_error: float | None = NEUMANN_MAX_ERROR
+) -> torch.Tensor:
     """Cayley with ``(I − K)⁻¹`` replaced by ``Σ_{j<terms} K^j``: ``(..., b, b)``.
 
     Fast (matmuls only) but approximate: see Note [neumann error] and :func:`neumann_error_bound`.
+    Blocks whose certified error bound exceeds ``max_error`` get the exact :func:`cayley` solve
+    instead (Note [neumann fallback]); ``max_error=None`` always returns the plain series.
     """
     check_positive_int("neumann_terms", terms)
     eye = _eye_like(K)
@@ -186,7 +200,20 @@ def cayley_neumann(K: torch.Tensor, terms: int = 5) -> torch.Tensor:
     for _ in range(terms - 1):
         power = power @ K
         series = series + power
-    return (eye + K) @ series
+    Q = (eye + K) @ series
+    if max_error is None or K.numel() == 0:
+        return Q
+    rho = torch.linalg.matrix_norm(K.detach()) / 2**0.5  # ≥ ‖K‖₂ for skew K
+    bound = 2 * rho**terms + rho ** (2 * terms)
+    exact = ~(bound <= max_error)  # NaN bounds too
+    if torch.compiler.is_compiling():  # no data-dependent branch: compute both
+        return torch.where(exact[..., None, None], cayley(K), Q)
+    if not bool(exact.any()):
+        return Q
+    b = K.shape[-1]
+    flat_Q, flat_K, mask = Q.reshape(-1, b, b), K.reshape(-1, b, b), exact.reshape(-1)
+    flat_Q = flat_Q.index_put((mask,), cayley(flat_K[mask]))
+    return flat_Q.view(Q.shape)
 
 
 def expm(K: torch.Tensor) -> torch.Tensor:
@@ -216,7 +243,7 @@ def orthogonal_blocks(
         elif method == "expm":
             Q = expm(Kc)
         else:
-            Q = cayley_neumann(Kc, neumann_terms)
+            Q = cayley_neumann(Kc, neumann_terms, max_error=NEUMANN_MAX_ERROR)
     return Q.to(out_dtype)
 
 

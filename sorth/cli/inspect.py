@@ -173,7 +173,12 @@ def _worst(errors: list[float]) -> float:
 def print_inspect(info: dict[str, Any]) -> None:
     """Print :func:`inspect_adapter`'s report as a table (one row per rotation)."""
     c = info["config"]
-    size = f"block_size={c['block_size']}" if c.get("block_size") else f"nblocks={c.get('nblocks')}"
+    if c.get("block_size"):
+        size = f"block_size={c['block_size']}"
+    elif c.get("nblocks"):
+        size = f"nblocks={c['nblocks']}"
+    else:  # per layer: smallest divisor b >= sqrt(n) (sorth.tuner.sizes); see the r×b column
+        size = "block_size=auto(b>=√n)"
     targets = c.get("target_modules")
     if isinstance(targets, list):
         targets = ", ".join(sorted(targets))

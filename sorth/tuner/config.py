@@ -37,9 +37,14 @@ BIASES: tuple[str, ...] = ("none", "all", "sorth_only")
 class SOrthConfig(PeftConfig):
     """Configuration of a sorth (GSOFT / Double GSOFT) adapter.
 
-    Exactly one of ``block_size`` / ``nblocks`` must be given; it applies to every targeted
-    module and to both sides of a Double GSOFT adapter. Every value is checked here, when the
-    config is built, and every target module's size is checked before the model is touched.
+    At most one of ``block_size`` / ``nblocks`` may be given; it applies to every targeted
+    module and to both sides of a Double GSOFT adapter. With neither (saved as such in
+    ``adapter_config.json``, so a reload rebuilds the same structure), each side of each layer
+    gets its own block size: the smallest divisor ``b`` of its size ``n`` with ``b ≥ √n``, so the
+    2-factor GS matrix is dense (Theorem 2; :func:`sorth.tuner.sizes.default_block_size`).
+    Every value is checked here, when the config is built, and every target module's size is
+    checked before the model is touched (a block size that does not divide a layer's size, or
+    ``b = 1``, which leaves no trainable rotation, raises naming the module).
 
     Example:
         >>> cfg = SOrthConfig(target_modules=["q_proj", "v_proj"], block_size=8)
@@ -58,10 +63,16 @@ class SOrthConfig(PeftConfig):
         default=None, metadata={"help": "Module names or a regex to exclude from target_modules."}
     )
     block_size: int | None = field(
-        default=None, metadata={"help": "b: size of each orthogonal block (or give nblocks)."}
+        default=None,
+        metadata={
+            "help": "b: size of each orthogonal block (or nblocks; neither: per-layer default)."
+        },
     )
     nblocks: int | None = field(
-        default=None, metadata={"help": "r: blocks per factor, b = n / r (or give block_size)."}
+        default=None,
+        metadata={
+            "help": "r: blocks per factor, b = n / r (or block_size; neither: per-layer default)."
+        },
     )
     structure: Literal["gs", "oft", "butterfly", "monarch"] = field(
         default="gs",
@@ -165,10 +176,11 @@ class SOrthConfig(PeftConfig):
         self._validate()
 
     def _validate(self) -> None:
-        if (self.block_size is None) == (self.nblocks is None):
+        if self.block_size is not None and self.nblocks is not None:
             raise BlockSizeError(
-                f"give exactly one of block_size ({self.block_size}) or nblocks ({self.nblocks}); "
-                "e.g. SOrthConfig(block_size=8) as in the paper's GLUE runs or nblocks=32 for SD."
+                f"give at most one of block_size ({self.block_size}) or nblocks ({self.nblocks}); "
+                "e.g. SOrthConfig(block_size=8) as in the paper's GLUE runs or nblocks=32 for SD, "
+                "or neither for the per-layer default (smallest divisor b >= sqrt(n))."
             )
         if self.block_size is not None:
             check_positive_int("block_size", self.block_size)

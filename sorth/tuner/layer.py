@@ -5,21 +5,23 @@ adapted weight is built adapter by adapter (``W_0 = W``)::
 
     W_j = diag(s_j) · A_out_j · W_{j-1} · A_in_j          (A = I for a side that is off)
 
-The forward never materialises ``W_k`` or any dense ``A``: it rotates the input activations
-(``A_in_k`` first, ``A_in_1`` last), runs the frozen layer without its bias, then applies
-``A_out_1, s_1, …, A_out_k, s_k`` and finally adds the bias. Merging applies the same recursion
-to the weight (so several active adapters merge in the order they are applied) and unmerging
-inverts it with ``Aᵀ`` (the factors are orthogonal; never ``linalg.inv``) and ``1 / s``.
+For Linear, Conv1D and Embedding the forward never materialises ``W_k`` or any dense ``A``: it
+rotates the input activations (``A_in_k`` first, ``A_in_1`` last), runs the frozen layer without
+its bias, then applies ``A_out_1, s_1, …, A_out_k, s_k`` and finally adds the bias. Merging
+applies the same recursion to the weight (so several active adapters merge in the order they
+are applied) and unmerging inverts it with ``Aᵀ`` (the factors are orthogonal; never
+``linalg.inv``) and ``1 / s``, or restores the original weight (Note [exact unmerge]).
 
 Weight layouts: a layer names the weight dims holding the in- and out-features
 (``_w_in_dim``, ``_w_out_dim``) and the activation dim of its features (``_act_dim``). "Rows"
 below are the weight with the rotated dim moved last, so that ``W · A`` is ``rows @ A``.
 
 Conv2d with ``conv_side="filter"`` rotates the flattened ``C/groups·kh·kw`` filter; that
-rotation cannot act on activations (patches overlap), so it is applied to the weight inside
-the forward with the GS factors (``O(d_out·d·b)``, no dense ``d × d``). This is exact for any
-kernel, stride, padding, dilation, padding_mode and groups; ``conv_side="channels"`` rotates
-the input channels on the activations (exact for the same reasons; ``groups=1``).
+rotation cannot act on activations (patches overlap). A Conv2d therefore builds ``W_k`` inside
+the forward with the GS factors (``O(d_out·d·b)``, no dense ``d × d``) by the merge's own
+arithmetic — for ``conv_side="channels"`` (input channels, ``groups=1``) too — so its merged
+layer gives the same numbers as the adapter. This is exact for any kernel, stride, padding,
+dilation, padding_mode and groups.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from sorth.errors import SOrthValueError
+from sorth.errors import BlockSizeError, SOrthValueError, divisors
 from sorth.gs import GSMatrix
 from sorth.parametrizations import GSOrthogonal
 from sorth.permutations import invert_permutation
+from sorth.tuner.sizes import default_block_size
 
 __all__ = ["SOrthLayer"]
 
@@ -41,10 +44,20 @@ NAN_MESSAGE = "NaNs detected in the merged weights. The adapter {} seems to be b
 
 
 def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> GSOrthogonal:
-    return GSOrthogonal(
+    """The :class:`GSOrthogonal` of one side (size ``n``) of a layer for ``config``.
+
+    With neither ``block_size`` nor ``nblocks`` given, the block size is
+    :func:`~sorth.tuner.sizes.default_block_size` of ``n`` (smallest divisor ``≥ √n``). A rotation
+    whose blocks are all ``1 × 1`` (``b = 1``: each block is the constant 1) has no trainable
+    parameter and is refused, as is any block size that does not divide ``n``.
+    """
+    block_size, nblocks = config.block_size, config.nblocks
+    if block_size is None and nblocks is None:
+        block_size = default_block_size(n)
+    rotation = GSOrthogonal(
         n,
-        nblocks=config.nblocks,
-        block_size=config.block_size,
+        nblocks=nblocks,
+        block_size=block_size,
         method=config.method,
         structure=config.structure,
         n_factors=config.n_factors,
@@ -53,15 +66,31 @@ def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> 
         block_dropout=config.module_dropout,
         device=device,
     )
+    if all(bb == 1 for _, bb in rotation._shapes):
+        hint = (
+            "this side has a single feature, so there is nothing to rotate: use the other side "
+            "or leave the module out of target_modules"
+            if n == 1
+            else f"use a block size > 1 that divides {n} ({[d for d in divisors(n) if d > 1]})"
+        )
+        raise BlockSizeError(
+            f"block_size=1 on a side of size n={n}: every orthogonal block is 1 × 1, i.e. the "
+            f"constant 1, so this rotation has no trainable parameter; {hint}."
+        )
+    return rotation
 
 
 def _inverse(A: GSMatrix, orthogonal: bool) -> GSMatrix:
     """``A⁻¹``: ``Aᵀ`` for exactly orthogonal factors (Cayley, expm); block-wise solves for the
-    truncated Neumann series, whose blocks are only approximately orthogonal."""
+    truncated Neumann series, whose blocks are only approximately orthogonal. Each factor is
+    solved against the identity of its own block size (a Monarch matrix has ``r × r`` and
+    ``b × b`` blocks)."""
     if orthogonal:
         return A.T
-    eye = torch.eye(A.factors[0].shape[-1], dtype=A.dtype, device=A.device)
-    factors = [torch.linalg.solve(B, eye.expand_as(B)) for B in reversed(A.factors)]
+    factors = []
+    for B in reversed(A.factors):
+        eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
+        factors.append(torch.linalg.solve(B, eye.expand_as(B)))
     perms = [None if P is None else invert_permutation(P) for P in reversed(A.perms)]
     return GSMatrix(factors, perms)
 
@@ -105,6 +134,9 @@ class SOrthLayer(BaseTunerLayer):
     _w_in_dim: int = 1
     _w_out_dim: int = 0
     _act_dim: int = -1
+    # apply every adapter to the weight inside the forward (the merge's own arithmetic, so the
+    # merged layer gives the same numbers); Conv2d, whose weight is small next to its activations
+    _fold_in_forward: bool = False
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -114,6 +146,8 @@ class SOrthLayer(BaseTunerLayer):
         self.sorth_on_weight: dict[str, bool] = {}
         self._disable_adapters = False
         self.merged_adapters = []
+        # (base weight before the first merge, adapter names of each merge call since)
+        self._merge_snapshot: tuple[torch.Tensor, list[list[str]]] | None = None
         self.in_features, self.out_features = self._feature_sizes(base_layer)
 
     # ----------------------------------------------------------------- per-type hooks
@@ -228,6 +262,21 @@ class SOrthLayer(BaseTunerLayer):
         base = self.get_base_layer()
         previous_dtype = x.dtype if x.is_floating_point() else base.weight.dtype  # (Embedding)
         W = base.weight  # not .data: a base weight made trainable still gets its gradient
+        # Adapters applied to the weight (Conv2d) come first: they are folded into W whole
+        # (A_in, A_out and s) by the merge's own arithmetic, so merged == unmerged.
+        folded = 0
+        while folded < len(adapters) and (
+            self._fold_in_forward or self.sorth_on_weight[adapters[folded]]
+        ):
+            W = self._apply_to_weight(W, adapters[folded], inverse=False, dropout=True)
+            folded += 1
+        adapters = adapters[folded:]
+        if folded and not adapters:
+            bias = getattr(base, "bias", None)
+            W = W.to(base.weight.dtype)
+            b = None if bias is None else bias.to(W.dtype)
+            x = x.to(W.dtype) if x.is_floating_point() else x
+            return self._linear(x, W, b).to(previous_dtype)
         for name in reversed(adapters):  # innermost input rotation first
             A = self._matrix(self.sorth_in, name, self._adapter_dtype(name))
             if A is None:
@@ -300,13 +349,19 @@ class SOrthLayer(BaseTunerLayer):
     def _compute_dtype(self, W: torch.Tensor) -> torch.dtype:
         return torch.float64 if W.dtype == torch.float64 else torch.float32
 
-    def _apply_to_weight(self, W: torch.Tensor, name: str, inverse: bool) -> torch.Tensor:
-        """``diag(s)·A_out·W·A_in`` (or its inverse) in float32/64, weight in the base layout."""
+    def _apply_to_weight(
+        self, W: torch.Tensor, name: str, inverse: bool, dropout: bool = False
+    ) -> torch.Tensor:
+        """``diag(s)·A_out·W·A_in`` (or its inverse) in float32/64, weight in the base layout.
+
+        ``dropout=True`` (the forward of a weight-side adapter) drops blocks in training mode as
+        the activation path does; merging never does.
+        """
         dtype = self._compute_dtype(W)
         W = W.to(dtype)
         on_weight = self.sorth_on_weight[name]
-        A_in = self._matrix(self.sorth_in, name, dtype, dropout=False)
-        A_out = self._matrix(self.sorth_out, name, dtype, dropout=False)
+        A_in = self._matrix(self.sorth_in, name, dtype, dropout=dropout)
+        A_out = self._matrix(self.sorth_out, name, dtype, dropout=dropout)
         s = self.sorth_s[name].to(dtype) if name in self.sorth_s else None
         shape = [1] * W.dim()
         shape[self._w_out_dim] = -1
@@ -337,26 +392,90 @@ class SOrthLayer(BaseTunerLayer):
         W = self.get_base_weight()
         return self.get_merged_weight(adapter_name) - W.to(self._compute_dtype(W))
 
+    @staticmethod
+    def _like(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """``new`` in ``old``'s dtype and memory layout (strides): a merged weight is as
+        contiguous as the base weight was, so e.g. safetensors can save it."""
+        return torch.empty_like(old).copy_(new)
+
+    def _merged(self, W0: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """One merge call's result in ``W0``'s dtype and layout (refuses non-finite)."""
+        W = W0
+        for name in names:
+            W = self._apply_to_weight(W, name, inverse=False)
+            if not torch.isfinite(W).all():
+                raise ValueError(NAN_MESSAGE.format(name))
+        return self._like(W, W0)
+
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Fold the adapters into the base weight, in the order they are applied."""
-        for name in self._present(check_adapters_to_merge(self, adapter_names)):
-            W = self.get_base_weight()
-            merged = self._apply_to_weight(W, name, inverse=False)
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(NAN_MESSAGE.format(name))
-            self.set_base_weight(merged.to(W.dtype))
-            self.merged_adapters.append(name)
+        """Fold the adapters into the base weight, in the order they are applied.
+
+        All-or-nothing: every adapter's weight is computed first and the base weight and
+        ``merged_adapters`` change only if all succeed. A non-finite result is refused with
+        ``safe_merge=True`` (PEFT's message); sorth also refuses it without ``safe_merge``,
+        since the base weight could not be restored from it.
+
+        Note [exact unmerge]: the base weight tensor replaced by the first merge is kept (not
+        copied: the layer just does not free it), so that :meth:`unmerge` puts the original
+        bits back when the current weight is still bit for bit what the merges wrote (checked
+        by redoing them); otherwise it inverts the merges arithmetically. In float32 the inverse
+        is exact only to a few ulps, and repeated merge/unmerge cycles (e.g. evaluation during
+        training) would otherwise drift the frozen weights.
+        """
+        names = self._present(check_adapters_to_merge(self, adapter_names))
+        if not names:
+            return
+        W0 = self.get_base_weight()
+        merged = self._merged(W0, names)
+        self.set_base_weight(merged)
+        if not self.merged_adapters and getattr(self, "quantization_backend", None) is None:
+            self._merge_snapshot = (W0, [])  # (a quantized weight is rebuilt: no snapshot)
+        if self._merge_snapshot is not None:
+            self._merge_snapshot[1].append(list(names))
+        self.merged_adapters.extend(names)
+
+    def _original_weight(self) -> torch.Tensor | None:
+        """The weight before the merges if the current one is exactly what they wrote."""
+        if self._merge_snapshot is None:
+            return None
+        original, calls = self._merge_snapshot
+        if sum(len(c) for c in calls) != len(self.merged_adapters):
+            return None
+        if original.device != self.get_base_weight().device:  # moved while merged
+            return None
+        if any(n not in self.sorth_on_weight for c in calls for n in c):
+            return None
+        W = original
+        try:
+            for names in calls:
+                W = self._merged(W, names)
+        except ValueError:
+            return None
+        current = self.get_base_weight()
+        same = W.shape == current.shape and W.dtype == current.dtype
+        return original if same and torch.equal(W, current) else None
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Undo :meth:`merge` (last merged first) with ``Aᵀ`` (block solves for Neumann) and
-        ``1/s``."""
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.sorth_on_weight:
-                W = self.get_base_weight()
-                self.set_base_weight(self._apply_to_weight(W, name, inverse=True).to(W.dtype))
+        """Undo :meth:`merge`: the original weight when still valid (Note [exact unmerge]),
+        else the inverse, last merged first, with ``Aᵀ`` (block solves for Neumann) and ``1/s``.
+        All-or-nothing, like :meth:`merge`: on an error the weight and ``merged_adapters`` are
+        left as they were."""
+        if not self.merged_adapters:
+            self._merge_snapshot = None
+            return
+        W = self._original_weight()
+        if W is None:
+            W0 = self.get_base_weight()
+            W = W0
+            for name in reversed(self.merged_adapters):
+                if name in self.sorth_on_weight:
+                    W = self._apply_to_weight(W, name, inverse=True)
+            W = self._like(W, W0)
+        self.set_base_weight(W)
+        self.merged_adapters.clear()
+        self._merge_snapshot = None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -63,6 +63,7 @@ class Conv2d(Linear):
     ``(N, C, H, W)`` or unbatched ``(C, H, W)``, so the channels are dim ``-3``."""
 
     _act_dim = -3
+    _fold_in_forward = True  # merged == unmerged for any kernel/stride/groups (see SOrthLayer)
 
     @staticmethod
     def _feature_sizes(base: nn.Module) -> tuple[int, int]:
@@ -117,6 +118,17 @@ class Embedding(Linear):
             raise SOrthValueError(
                 f"side={config.side!r} on nn.Embedding: its input is a token index, there are no "
                 "input features to rotate; use side='output' (rotates the embedding vectors)."
+            )
+        max_norm = self.get_base_layer().max_norm
+        if max_norm is not None and config.scale:
+            # Note [max_norm]: F.embedding renormalises the rows it looks up to norm <= max_norm
+            # (in place). A rotation keeps row norms, so renormalising commutes with it and the
+            # merged layer is exact; the per-feature scale s changes the norms, so it does not.
+            raise SOrthValueError(
+                f"nn.Embedding(max_norm={max_norm}) with scale=True: the embedding renormalises "
+                "each looked-up row to norm <= max_norm, and the scale s changes row norms, so "
+                "the merged layer would differ from the adapter; use scale=False (the rotation "
+                "alone keeps the norms and merges exactly) or an Embedding without max_norm."
             )
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):

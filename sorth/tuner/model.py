@@ -253,7 +253,10 @@ def _check_checkpoint(model: nn.Module, adapter_name: str, loaded: dict[str, tor
                 "sizes) or with another block_size/nblocks, structure, storage or side?"
             )
         if got.is_floating_point() and not torch.isfinite(got).all():
+            bad = int((~torch.isfinite(got)).sum())
             raise AdapterCheckpointError(
-                f"adapter checkpoint tensor {name!r} contains NaN/inf values; the file is "
-                "corrupted."
+                f"adapter checkpoint tensor {name!r} holds {bad} NaN/inf value(s) of "
+                f"{got.numel()}. The file itself is intact (it was read completely); the adapter "
+                "was saved after its training diverged (e.g. too high a learning rate). Load an "
+                "earlier checkpoint or retrain (method='cayley' is the exact, stable map)."
             )

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import sorth
 from sorth.errors import MethodError, ShapeError
+from sorth.orthogonal import NEUMANN_MAX_ERROR
 from tests._tolerances import orth_atol, tol_vs_float64
 
 F64 = torch.float64
@@ -80,11 +81,53 @@ def test_neumann_error_within_bound(std: float, terms: int) -> None:
     assert dist <= rho**terms * (1 + 1e-9) + 1e-14
 
 
-def test_neumann_drifts_where_exact_cayley_does_not() -> None:
-    # PEFT's default (Cayley–Neumann) is far from orthogonal at parameter std 0.3, b = 32
+def test_neumann_series_drifts_where_exact_cayley_does_not() -> None:
+    # PEFT's default (the plain Cayley–Neumann series) is far from orthogonal at std 0.3, b = 32
     K = sorth.skew(torch.randn(4, 32, 32) * 0.3)
-    assert sorth.orthogonality_error(sorth.orthogonal_blocks(K, "cayley_neumann")) > 1.0
+    assert sorth.orthogonality_error(sorth.cayley_neumann(K, 5, max_error=None)) > 1.0
     assert sorth.orthogonality_error(sorth.orthogonal_blocks(K, "cayley")) < 1e-5
+
+
+@pytest.mark.parametrize("std", [0.001, 0.01, 0.05, 0.3, 3.0])
+def test_neumann_falls_back_to_the_exact_solve_where_its_bound_is_useless(std: float) -> None:
+    # Note [neumann fallback]: each block is the series where its certified bound is <= 1e-2,
+    # else the exact Cayley solve; so every block is within the bound of orthogonal.
+    torch.manual_seed(0)
+    K = sorth.skew(torch.randn(6, 16, 16, dtype=F64) * std)
+    K[0] *= 1e-3  # one small block among large ones: it keeps the series
+    Q = sorth.orthogonal_blocks(K, "cayley_neumann")
+    series, exact = sorth.cayley_neumann(K, 5, max_error=None), sorth.cayley(K)
+    rho_hat = torch.linalg.matrix_norm(K) / 2**0.5
+    for i in range(K.shape[0]):
+        bound = sorth.neumann_error_bound(float(rho_hat[i]), 5)
+        want = series[i] if bound <= NEUMANN_MAX_ERROR else exact[i]
+        torch.testing.assert_close(Q[i], want, rtol=0, atol=0)
+        err = torch.linalg.matrix_norm(Q[i].mT @ Q[i] - torch.eye(16, dtype=F64), 2)
+        assert err <= NEUMANN_MAX_ERROR
+    torch.testing.assert_close(Q[0], series[0], rtol=0, atol=0)
+    if std >= 0.05:  # large generators: the series is useless, the solve is used
+        torch.testing.assert_close(Q[1:], exact[1:], rtol=0, atol=0)
+
+
+def test_neumann_fallback_has_gradients_and_survives_high_lr_steps() -> None:
+    # PEFT's test_only_params_are_updated: SGD lr 0.5, 3 steps. The plain series diverges to
+    # non-finite parameters; with the fallback the blocks stay orthogonal and finite.
+    torch.manual_seed(0)
+    x, target = torch.randn(32, 32), torch.randn(32, 32)
+
+    def train(max_error: float | None) -> torch.Tensor:
+        p = torch.nn.Parameter(torch.randn(4, 8 * 7 // 2) * 0.5)
+        opt = torch.optim.SGD([p], lr=0.5)
+        for _ in range(3):
+            Q = sorth.cayley_neumann(sorth.unpack_skew(p, 8), 5, max_error=max_error)
+            loss = ((torch.block_diag(*Q) @ x - target) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return p.detach()
+
+    assert torch.isfinite(train(NEUMANN_MAX_ERROR)).all()
+    assert not torch.isfinite(train(None)).all()
 
 
 def test_errors() -> None:
