@@ -10,7 +10,9 @@ import pytest
 HEAVY = ("peft", "transformers", "diffusers", "accelerate", "safetensors")
 
 
-@pytest.mark.parametrize("module", ["sorth", "sorth.parametrizations", "sorth.gs", "sorth.nn"])
+@pytest.mark.parametrize(
+    "module", ["sorth", "sorth.parametrizations", "sorth.gs", "sorth.kernels", "sorth.nn"]
+)
 def test_core_imports_only_torch(module: str) -> None:
     code = (
         f"import importlib, sys; importlib.import_module({module!r}); "
