@@ -40,6 +40,7 @@ __all__ = [
 
 KERNELS: tuple[str, ...] = ("auto", "torch", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16)  # what "auto" sends to Triton on CUDA
+MAX_TRITON_BLOCK = 128  # larger blocks make the kernel's register tiles too big ("auto")
 _choice: list[str] = [os.environ.get("SORTH_GS_KERNEL", "auto")]
 
 
@@ -109,6 +110,8 @@ def _triton_unfit(x: torch.Tensor, factors: Sequence[torch.Tensor], strict: bool
     if any(B.dtype != x.dtype for B in factors):
         dtypes = [str(B.dtype) for B in factors]
         return f"input {x.dtype} and factors {dtypes} differ; cast them to one dtype"
+    if max(max(B.shape[1:]) for B in factors) > MAX_TRITON_BLOCK and not strict:
+        return f"'auto' sends blocks up to {MAX_TRITON_BLOCK} to Triton (register tiles)"
     if not triton_available():
         return "triton is not importable (pip install triton, or use 'torch')"
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
