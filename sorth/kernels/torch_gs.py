@@ -45,6 +45,12 @@ def torch_gs_apply(
 # tokens and 18% less at 2048 tokens, where whole-batch intermediates (8 MB) spill to memory.
 # Narrow blocks (b < 16) compute the last product as ``b × M`` rows and copy once, since CPU
 # BLAS writes ``M × b`` outputs ~5× slower at b = 8 (:func:`_bmm_flat`).
+# Tried on CPU and dropped (paired A/B, one thread, 2026-12-01, loaded 2-core VM): grouping g
+# narrow blocks into one block-diagonal ``g·b`` block (fewer, wider ``bmm``; g = 2, 4 at b = 8):
+# 1.10–1.23× slower; ``torch.compile`` of this kernel: the multiply alone at b = 8 0.77× (inductor
+# writes the small-K products as C++ loops), at b = 32 0.97×, but the whole MiniLM training step
+# 1.13–1.18× slower, and it needs a C++ compiler at run time. On CUDA the dispatch sends fp16/bf16
+# two-factor chains to the fused Triton kernel instead (Note [Triton GS] in ``triton_gs``).
 
 
 def _row_blocks(T: torch.Tensor, s: Shuffle, k: int) -> torch.Tensor:

@@ -14,9 +14,10 @@ in a per-program scratch slot of ``BM × n_mid``; then, for each block ``g`` of 
 its ``b_L2`` contiguous inputs from the slot, multiplies by ``L[g]ᵀ`` and writes the outputs to
 the columns ``P_L`` sends them to. So ``x`` is read once and ``y`` written once; the
 intermediate never exists as a tensor: it lives in a slot that the same program rewrites for
-every tile, small enough (``NPROG · BM · n_mid``, capped at 32 MB) to stay in the GPU's L2
-cache. The backward is one kernel of the same shape: it recomputes the intermediate into one
-slot, then per block of ``L`` reads ``∂ℓ/∂y`` (gathered through ``P_L``), accumulates
+every tile, small enough (all slots together at most half the GPU's L2 cache, and 32 MB) to stay
+there (its loads use ``.cg``: L2, not the SM's L1; a ``tl.debug_barrier`` separates writing and
+reading it). The backward is one kernel of the same shape: it recomputes the intermediate into
+one slot, then per block of ``L`` reads ``∂ℓ/∂y`` (gathered through ``P_L``), accumulates
 ``∂ℓ/∂L[g] += Gᵀ U`` and writes ``∂ℓ/∂u = G L[g]`` through ``P`` into a second slot; then per
 block of ``R`` accumulates ``∂ℓ/∂R[c] += Tᵀ X`` and writes ``∂ℓ/∂x = T R[c]`` through ``P_R``
 (a scatter). Factor gradients are summed per program in fp32 (``(NPROG, k, b_out, b_in)``,
@@ -49,8 +50,11 @@ def _pad(b: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+def _gpu(device_index: int) -> tuple[int, int]:
+    """``(streaming multiprocessors, scratch bytes)`` of a CUDA device (Note [Triton GS])."""
+    props = torch.cuda.get_device_properties(device_index)
+    l2 = getattr(props, "L2_cache_size", 0) or 2 * SCRATCH_BYTES
+    return props.multi_processor_count, min(SCRATCH_BYTES, l2 // 2)
 
 
 class _Launch:
@@ -68,8 +72,9 @@ class _Launch:
         self.BM = 16 if _INTERPRET else 32
         tiles = max(1, triton.cdiv(self.M, self.BM))
         if x.device.type == "cuda":
-            cap = SCRATCH_BYTES // max(1, 2 * self.BM * self.n_mid * x.element_size())
-            nprog = min(tiles, 4 * _sm_count(x.device.index or 0), max(cap, 1))
+            sms, budget = _gpu(x.device.index or 0)
+            cap = budget // max(1, 2 * self.BM * self.n_mid * x.element_size())
+            nprog = min(tiles, 4 * sms, max(cap, 1))
         else:  # the interpreter runs programs one after the other
             nprog = min(tiles, 2)
         self.nprog = nprog

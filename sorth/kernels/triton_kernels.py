@@ -148,7 +148,10 @@ def gs2_forward(
         tl.debug_barrier()
         for g in range(0, kL):
             ug = tl.load(
-                slot + lr[:, None] * n_mid + (g * bL2 + jj)[None, :], mask=jmask[None, :], other=0.0
+                slot + lr[:, None] * n_mid + (g * bL2 + jj)[None, :],
+                mask=jmask[None, :],
+                other=0.0,
+                cache_modifier=".cg",
             )
             lt = tl.load(
                 l_ptr + g * bL1 * bL2 + oo[None, :] * bL2 + jj[:, None],
@@ -251,7 +254,10 @@ def gs2_backward(
                 other=0.0,
             )  # (BM, BL1)
             ug = tl.load(
-                su + lr[:, None] * n_mid + (g * bL2 + jj)[None, :], mask=jmask[None, :], other=0.0
+                su + lr[:, None] * n_mid + (g * bL2 + jj)[None, :],
+                mask=jmask[None, :],
+                other=0.0,
+                cache_modifier=".cg",
             )  # (BM, BL2)
             dl_ptrs = dl_base + g * bL1 * bL2 + oo[:, None] * bL2 + jj[None, :]
             dl_mask = omask[:, None] & jmask[None, :]
@@ -273,7 +279,10 @@ def gs2_backward(
         tl.debug_barrier()
         for c in range(0, kR):  # ∂R[c] += Tᵀ X;  ∂x = T R[c], scattered through P_R
             gt = tl.load(
-                sg + lr[:, None] * n_mid + (c * bR1 + ii)[None, :], mask=imask[None, :], other=0.0
+                sg + lr[:, None] * n_mid + (c * bR1 + ii)[None, :],
+                mask=imask[None, :],
+                other=0.0,
+                cache_modifier=".cg",
             )  # (BM, BR1)
             col = c * bR2 + kk
             if HAS_PR:
