@@ -92,9 +92,9 @@ def select_kernel(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> str:
     importable (never under ``torch.compile``, which traces the torch kernel), torch otherwise.
     """
     choice = _choice[0]
-    check_choice("SORTH_GS_KERNEL / use_kernel", choice, KERNELS)
-    if choice == "torch":
+    if choice == "torch" or (choice == "auto" and x.device.type != "cuda"):  # the hot CPU path
         return "torch"
+    check_choice("SORTH_GS_KERNEL / use_kernel", choice, KERNELS)
     reason = _triton_unfit(x, factors, strict=choice == "triton")
     if reason is None:
         return "triton"
@@ -105,20 +105,19 @@ def select_kernel(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> str:
 
 def _triton_unfit(x: torch.Tensor, factors: Sequence[torch.Tensor], strict: bool) -> str | None:
     """Why the Triton kernel cannot (``strict``: must not) run here, or ``None``."""
+    if x.device.type != "cuda" and not (strict and os.environ.get("TRITON_INTERPRET") == "1"):
+        return f"input is on {x.device.type}; it runs on CUDA (or on CPU with TRITON_INTERPRET=1)"
     if len(factors) != 2:
         return f"it handles 2-factor chains, this one has {len(factors)} (use 'torch')"
     if any(B.dtype != x.dtype for B in factors):
         dtypes = [str(B.dtype) for B in factors]
         return f"input {x.dtype} and factors {dtypes} differ; cast them to one dtype"
-    if max(max(B.shape[1:]) for B in factors) > MAX_TRITON_BLOCK and not strict:
+    if not strict and x.dtype not in TRITON_DTYPES:
+        return f"'auto' sends only {TRITON_DTYPES} to Triton, got {x.dtype}"
+    if not strict and max(max(B.shape[1:]) for B in factors) > MAX_TRITON_BLOCK:
         return f"'auto' sends blocks up to {MAX_TRITON_BLOCK} to Triton (register tiles)"
     if not triton_available():
         return "triton is not importable (pip install triton, or use 'torch')"
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if x.device.type != "cuda" and not (strict and interpret):
-        return f"input is on {x.device.type}; it runs on CUDA (or on CPU with TRITON_INTERPRET=1)"
-    if not strict and x.dtype not in TRITON_DTYPES:
-        return f"'auto' sends only {TRITON_DTYPES} to Triton, got {x.dtype}"
     return None
 
 

@@ -129,9 +129,9 @@ def test_dispatch_forced_triton_through_gsmatrix(monkeypatch: pytest.MonkeyPatch
 
 
 def test_forced_triton_that_cannot_run_names_the_reason() -> None:
-    three = GSMatrix.shuffled([torch.randn(2, 4, 4)] * 3)
+    three = GSMatrix.shuffled([torch.randn(2, 4, 4, device=DEVICE)] * 3)
     with use_kernel("triton"), pytest.raises(MethodError, match="2-factor chains, this one has 3"):
-        three @ torch.randn(2, 8)
+        three @ torch.randn(2, 8, device=DEVICE)
     with pytest.raises(MethodError, match="'bogus'"), use_kernel("bogus"):
         pass
 
