@@ -103,7 +103,7 @@ def structure_data(
     For GSOFT (``structure="gs"``, 2 factors) this is ``[Pᵀ, L, P, R, Q]`` with ``P = P_(r, n)``;
     identity permutations are left out. Factor masks are ``diag(1_{b×b}, …)``; permutation masks
     are the matrices ``P`` with ``P @ x == x[perm]`` (Note [scatter] in `sorth.permutations`);
-    the product mask equals `sorth.GSMatrix.support` (computed by `chain_support`).
+    the product mask is `sorth.GSMatrix.support`.
 
     Args:
         n: feature size (``≤ MAX_PLOT_N``).
@@ -206,18 +206,11 @@ class DensityCurve:
 
 
 def chain_support(gs: GSMatrix) -> torch.Tensor:
-    """Boolean ``(n_out, n_in)`` support of ``gs`` with every block full, by reachability.
+    """Boolean ``(n_out, n_in)`` support of ``gs`` with every block full: `sorth.GSMatrix.support`.
 
-    Equal to `sorth.GSMatrix.support` but ``O(m · n_out · n_in)`` boolean work instead of
-    ``m`` dense products: a row of a full block reaches the union of its block's rows.
+    Kept for the figures' callers; the one implementation is the core's (by reachability).
     """
-    S = torch.eye(gs.shape[1], dtype=torch.bool)  # rows: current features, cols: inputs
-    for B, P in zip(gs.factors, gs.perms, strict=False):
-        if P is not None:
-            S = S[P]  # permute(x, P) == x[..., P] on the features (Note [scatter])
-        k, b_out, b_in = B.shape
-        S = S.reshape(k, b_in, -1).any(1, keepdim=True).expand(k, b_out, -1).reshape(k * b_out, -1)
-    return S if gs.perms[-1] is None else S[gs.perms[-1]]
+    return gs.support()
 
 
 def _density(gs: GSMatrix) -> float:

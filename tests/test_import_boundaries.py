@@ -40,7 +40,15 @@ def _imported_roots(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", ["sorth", "sorth.parametrizations", "sorth.gs", "sorth.nn", "sorth.integrations"]
+    "module",
+    [
+        "sorth",
+        "sorth.parametrizations",
+        "sorth.gs",
+        "sorth.kernels",
+        "sorth.nn",
+        "sorth.integrations",
+    ],
 )
 def test_core_imports_only_torch(module: str) -> None:
     code = (

@@ -57,6 +57,20 @@ def gs_chains(draw, max_factors: int = 3, max_dim: int = 48):
 
 
 @given(gs_chains())
+def test_support_is_where_positive_blocks_reach(chain) -> None:
+    """``support()`` (reachability) equals the non-zeros of the dense product of positive blocks,
+    built by the dense reference, independently of the kernels."""
+    factors, perms = chain
+    positive = [B.abs() + 1 for B in factors]
+    n_in = factors[0].shape[0] * factors[0].shape[2]
+    dense = sorth.gs_apply_reference(torch.eye(n_in, dtype=F64), positive, perms).T
+    A = GSMatrix(factors, perms)
+    assert A.support().dtype == torch.bool
+    assert torch.equal(A.support(), dense > 0)
+    assert A.density() == float((dense > 0).double().mean())
+
+
+@given(gs_chains())
 def test_apply_matches_dense_reference_and_to_dense(chain) -> None:
     factors, perms = chain
     A = GSMatrix(factors, perms)

@@ -88,7 +88,9 @@ def test_structure_panels_are_pt_l_p_r_and_q(n: int, r: int) -> None:
     ],
 )
 def test_chain_support_equals_core_support(gs: sorth.GSMatrix) -> None:
+    """The figures' support is the core's, and both are where the all-ones product is > 0."""
     assert torch.equal(plotting.chain_support(gs), gs.support())
+    assert torch.equal(gs.support(), gs.to(torch.float64).to_dense() > 0)
 
 
 @pytest.mark.parametrize(("n", "b"), [*plotting.DENSITY_CASES, (64, 4), (64, 8)])

@@ -79,3 +79,20 @@ def test_memory_probe_runs_in_a_fresh_process(tmp_path: Path) -> None:
     assert mem is not None
     assert mem["peak_mb"] > 0
     assert mem["step_mb"] >= 0
+
+
+def test_gpu_table_runs_on_cpu(tmp_path: Path) -> None:
+    """The ``--device cuda`` table's code path (here on CPU: both GSOFT rows use torch)."""
+    bench = _benchmark()
+    argv = [*TINY, "--no-main", "--no-kernel", "--sweep", "", "--out", str(tmp_path)]
+    bench.main([*argv, "--device", "cpu", "--gpu-sizes", "32,64"])
+    res = json.loads((tmp_path / "benchmark.json").read_text())
+    assert set(res["gpu"]["sizes"]) == {"32", "64"}
+    for rows in res["gpu"]["sizes"].values():
+        assert set(rows) == {"lora", "peft_oft", "gs_triton", "gs_torch"}
+        assert all(r["step_ms"] > 0 and r["tok_per_s"] > 0 for r in rows.values())
+        assert rows["lora"]["x_lora"] == 1.0
+    assert [k["kernel"] for k in res["gpu"]["multiply"]] == ["torch", "torch"]
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "GPU table" in md
+    assert "| 64 | sorth GSOFT b=8, torch kernel |" in md

@@ -1,7 +1,7 @@
 """The custom autograd functions of the hot path against their dense references (float64).
 
-``sorth.gs._GSApply`` (Note [GS kernel]) and ``sorth.orthogonal._Cayley``: outputs and *all*
-gradients, one shared upstream gradient, over chains that exercise every shuffle branch
+``sorth.kernels.torch_gs._GSApply`` (Note [GS kernel]) and ``sorth.orthogonal._Cayley``: outputs
+and *all* gradients, one shared upstream gradient, over chains that exercise every shuffle branch
 (``P_(q,n)`` with ``q`` equal to / dividing / multiple of / unrelated to the block counts and
 sizes, random permutations, identities, rectangular blocks).
 """
@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 import sorth
 from sorth import GSMatrix
-from sorth.gs import shuffle_plan
+from sorth.kernels import torch_gs
+from sorth.kernels.plan import shuffle_plan
 from tests._tolerances import orth_atol, tol
 
 F64 = torch.float64
@@ -86,7 +87,7 @@ def test_gs_apply_in_token_chunks(chain, rows_per_chunk, tokens) -> None:
     factors, perms = chain
     x = torch.randn(tokens, factors[0].shape[0] * factors[0].shape[2], dtype=F64)
     chunking = pytest.MonkeyPatch()
-    chunking.setattr(sorth.gs, "_chunk_rows", lambda M, n, device: rows_per_chunk)
+    chunking.setattr(torch_gs, "_chunk_rows", lambda M, n, device: rows_per_chunk)
     try:
         _check_against_reference(factors, perms, x)
     finally:
@@ -98,7 +99,7 @@ def test_default_chunks_at_real_size(structure: str) -> None:
     """d = 1024 and 300 tokens: three CPU chunks of 128 rows, against the dense reference."""
     q = sorth.GSOrthogonal(1024, block_size=32, structure=structure, dtype=F64)
     q.reset_parameters("random", std=0.3, generator=torch.Generator().manual_seed(0))
-    assert sorth.gs._chunk_rows(300, 1024, torch.device("cpu")) == 128
+    assert torch_gs._chunk_rows(300, 1024, torch.device("cpu")) == 128
     with torch.no_grad():
         A = q.matrix()
     _check_against_reference(list(A.factors), A.perms, torch.randn(300, 1024, dtype=F64))
