@@ -19,7 +19,8 @@ d(k−1)`` outputs per axis are rows of the circular convolution on the ``H × W
 used ``⌈m/H⌉`` times at most, so ``‖conv‖ ≤ √(⌈m_h/H⌉·⌈m_w/W⌉)·‖C‖``. A stride keeps a subset
 of the rows. The kernel is folded onto the torus (taps that wrap add up), so kernels larger
 than the image are handled. Only the half spectrum ``ω₂ ≤ N_w/2`` is computed (a real kernel
-has ``S(−ω) = conj S(ω)``), in float64, in chunks of frequencies (bounded memory).
+has ``S(−ω) = conj S(ω)``), in float64, in chunks of frequencies (bounded memory); ``σ_max``
+is ``√λ_max`` of the per-frequency Gram matrix (``eigvalsh``, faster than an SVD).
 """
 
 from __future__ import annotations
@@ -188,8 +189,18 @@ def circular_conv_norm(
         E1 = torch.exp(-2j * math.pi * w[:, None] * rows_used.double()[None, :] / Nh)  # (r, a)
         S = torch.einsum("ocab,ra,bv->rvoc", W, E1, E2)  # (r, Nw', out, in/g)
         S = S.reshape(*S.shape[:2], groups, out // groups, cin_g)
-        best = max(best, float(torch.linalg.matrix_norm(S, ord=2).amax()))
+        best = max(best, _largest_singular_value(S))
     return best
+
+
+def _largest_singular_value(S: torch.Tensor) -> float:
+    """``max σ_max`` over a batch of complex matrices, as ``√λ_max`` of the smaller Gram matrix.
+
+    ``eigvalsh`` of ``SᴴS`` is several times faster than an SVD; forming it costs a relative
+    error of ``~n·eps`` in ``σ_max²`` (float64: ~1e-13 here), which the callers' margin covers.
+    """
+    G = S.mH @ S if S.shape[-1] <= S.shape[-2] else S @ S.mH
+    return math.sqrt(max(float(torch.linalg.eigvalsh(G)[..., -1].amax()), 0.0))
 
 
 @torch.no_grad()
