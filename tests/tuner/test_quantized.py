@@ -389,3 +389,48 @@ def test_sorth_works_without_bitsandbytes() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok"
+
+
+# ------------------------------------------------------------------- recipe and sorth merge
+def test_finetune_recipe_load_in_4bit(tiny_llama_dir: Path, instruction_file: Path, tmp_path):
+    from recipes.finetune.train import main
+
+    out = tmp_path / "run"
+    result = main(
+        [
+            "--model", str(tiny_llama_dir), "--task", "causal_lm",
+            "--train_file", str(instruction_file), "--prompt_column", "prompt",
+            "--response_column", "response", "--method", "gsoft", "--block_size", "8",
+            "--batch_size", "4", "--lr", "1e-2", "--max_steps", "4", "--eval_steps", "2",
+            "--load_in_4bit", "--output_dir", str(out), "--no-progress",
+        ]
+    )  # fmt: skip
+    assert result["config"]["load_in_4bit"]
+    assert result["history"][-1]["loss"] < result["history"][0]["loss"]
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir, quantization_config=_quant("nf4"), device_map="cpu"
+    )
+    model = PeftModel.from_pretrained(base, out / "adapter")
+    assert isinstance(model.base_model.model.model.layers[0].self_attn.q_proj, Linear4bit)
+
+
+def test_sorth_merge_cli_on_quantized_bases(llama_dir: Path, tmp_path: Path) -> None:
+    """`sorth merge` folds an adapter trained on a 4-bit base into the full-precision model it
+    was quantized from; a quantized checkpoint as --base gets a one-line reason."""
+    from sorth.cli import CLIError, merge_adapter
+
+    base = load(llama_dir, "nf4")
+    base.save_pretrained(tmp_path / "q4")
+    model = get_peft_model(base, SOrthConfig(target_modules=LLAMA_TARGETS, block_size=8))
+    train(model)
+    model.save_pretrained(tmp_path / "adapter")
+    out = merge_adapter(llama_dir, tmp_path / "adapter", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    full = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(llama_dir), tmp_path / "adapter"
+    )
+    torch.testing.assert_close(
+        logits(merged.eval(), tokens()), logits(full.eval(), tokens()), **F32
+    )
+    with pytest.raises(CLIError, match=r"bitsandbytes quantized checkpoint.*full-precision"):
+        merge_adapter(tmp_path / "q4", tmp_path / "adapter", tmp_path / "merged-q4")
