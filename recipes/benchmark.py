@@ -578,7 +578,12 @@ def quant_workload(s: Settings) -> Workload:
 
 
 def _logits(model: torch.nn.Module, w: Workload) -> torch.Tensor:
-    model.eval()
+    """Logits in train mode (no dropout anywhere here, so the same function as eval): with
+    bitsandbytes' training kernels, so that a merge error measures the re-quantization of the
+    merged weight only: in eval mode on CPU, bitsandbytes repacks 4-bit weights (and PEFT's
+    merge then dequantizes that layout as the standard one: LoRA's merge error was 131%), and
+    LLM.int8() quantizes the activations, which differ before (``A·x``) and after merging."""
+    model.train()
     with torch.no_grad():
         return model(input_ids=w.batch["input_ids"]).logits.float()
 
@@ -637,8 +642,9 @@ def quant_table(q: dict, s: Settings) -> list[str]:
     lines = [
         f"Quantized base: bitsandbytes {kind} Llama d={s.hidden}, {s.layers} layers, "
         f"{s.batch}×{s.tokens} tokens; targets {', '.join(LLAMA_TARGETS)}; b={s.block_size}; "
-        f"medians of {s.reps} interleaved rounds; merge error after {q['merge_steps']} steps "
-        "at lr 1e-3.",
+        f"medians of {s.reps} interleaved rounds; merge error ‖merged − unmerged‖/‖unmerged‖ "
+        f"of the logits after {q['merge_steps']} AdamW steps at lr 1e-3 (adapter effect: "
+        "‖unmerged − base‖/‖base‖), bitsandbytes training kernels.",
         "",
         "| method | structure | trainable | train step ms | ×LoRA | step memory MB | ×LoRA | "
         "adapter effect | merge error |",
