@@ -117,6 +117,7 @@ class Settings:
     memory: bool
     seed: int
     device: str
+    quant: str = ""  # "4bit" / "8bit": bitsandbytes base (run_quant)
 
 
 # ------------------------------------------------------------------------------ models
@@ -452,6 +453,8 @@ def make_workload(
 ) -> Workload:
     if s.unet:
         return unet_workload(s.batch, s.device)
+    if s.quant:
+        return quant_workload(s)
     return llama_workload(d or s.hidden, layers or s.layers, tokens or s.tokens, s.batch, s.device)
 
 
@@ -545,6 +548,122 @@ def run_main(s: Settings, argv: list[str]) -> dict:
     return {"rows": rows, "base_infer_ms": base_infer, "butterfly_m": m_req}
 
 
+# --------------------------------------------------------------- quantized base (QGSOFT)
+QUANT_METHODS = ("lora", "peft_oft", "gsoft", "double_gsoft")
+
+
+def quant_workload(s: Settings) -> Workload:
+    """The Llama workload saved and reloaded with bitsandbytes (``--quant 4bit``: NF4, compute
+    dtype float32 on CPU, bfloat16 on GPU; ``8bit``: LLM.int8()), then
+    ``prepare_model_for_kbit_training`` (without gradient checkpointing)."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig, LlamaForCausalLM
+
+    w = llama_workload(s.hidden, s.layers, s.tokens, s.batch, "cpu")
+    gpu = s.device.startswith("cuda")
+    quant = BitsAndBytesConfig(
+        load_in_4bit=s.quant == "4bit",
+        load_in_8bit=s.quant == "8bit",
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16 if gpu else torch.float32,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        w.model.save_pretrained(tmp)
+        model = LlamaForCausalLM.from_pretrained(
+            tmp, quantization_config=quant, device_map={"": s.device} if gpu else "cpu"
+        )
+    w.model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    w.batch = {k: v.to(s.device) for k, v in w.batch.items()}
+    return w
+
+
+def _logits(model: torch.nn.Module, w: Workload) -> torch.Tensor:
+    """Logits in train mode (no dropout anywhere here, so the same function as eval): with
+    bitsandbytes' training kernels, so that a merge error measures the re-quantization of the
+    merged weight only: in eval mode on CPU, bitsandbytes repacks 4-bit weights (and PEFT's
+    merge then dequantizes that layout as the standard one: LoRA's merge error was 131%), and
+    LLM.int8() quantizes the activations, which differ before (``A·x``) and after merging."""
+    model.train()
+    with torch.no_grad():
+        return model(input_ids=w.batch["input_ids"]).logits.float()
+
+
+def run_quant(s: Settings, argv: list[str], merge_steps: int = 10) -> dict:
+    """GSOFT / Double GSOFT against PEFT LoRA and OFT on a quantized base: training step time
+    (interleaved rounds, paired ratios to LoRA), the step's peak memory (fresh process per
+    method, as :func:`run_main`), and the merge error ``‖merged − unmerged‖ / ‖unmerged‖`` of the
+    logits after ``merge_steps`` more AdamW steps at lr 1e-3 (with the adapter's effect
+    ``‖unmerged − base‖ / ‖base‖`` beside it: the error of re-quantizing grows with it)."""
+    torch.manual_seed(s.seed)
+    w = make_workload(s)
+    methods = [n for n in s.methods if n in QUANT_METHODS]
+    models = {n: wrap(n, w, s) for n in methods}
+    rows: dict[str, dict] = {}
+    for n, model in models.items():
+        label, what = METHODS[n]
+        what = what.format(b=s.block_size, m=0, lora_r=s.lora_r)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows[n] = {"label": label, "what": what, "trainable_params": trainable}
+    steps = {n: make_step(m, w) for n, m in models.items()}
+    print(f"timing training steps on the {s.quant} base ({s.reps} interleaved rounds) ...")
+    for n, t in interleaved(steps, s.reps, s.warmup, s.device, verbose=True).items():
+        rows[n]["train_step_ms"] = 1e3 * median(t)
+        rows[n]["train_step_all_ms"] = [1e3 * x for x in t]
+    for r in rows.values():
+        r["train_x_lora"] = paired_ratio(r["train_step_all_ms"], rows["lora"]["train_step_all_ms"])
+    base = _logits(w.model, w)
+    for n, model in models.items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-3)
+        model.train()
+        for _ in range(merge_steps):
+            w.loss(model, w.batch).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        unmerged = _logits(model, w)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            merged = _logits(model.merge_and_unload(), w)
+        rows[n]["effect"] = ((unmerged - base).norm() / base.norm()).item()
+        rows[n]["merge_error"] = ((merged - unmerged).norm() / unmerged.norm()).item()
+    del models, steps
+    if s.memory:
+        print("peak memory of a training step, one fresh process per method ...", flush=True)
+        for n in methods:
+            mem = memory_in_fresh_process(n, argv)
+            if mem:
+                rows[n].update(mem)
+    return {"rows": rows, "merge_steps": merge_steps}
+
+
+def quant_table(q: dict, s: Settings) -> list[str]:
+    rows, lora = q["rows"], q["rows"].get("lora", {})
+    kind = "NF4 4-bit" if s.quant == "4bit" else "int8 (LLM.int8())"
+    lines = [
+        f"Quantized base: bitsandbytes {kind} Llama d={s.hidden}, {s.layers} layers, "
+        f"{s.batch}×{s.tokens} tokens; targets {', '.join(LLAMA_TARGETS)}; b={s.block_size}; "
+        f"medians of {s.reps} interleaved rounds; merge error ‖merged − unmerged‖/‖unmerged‖ "
+        f"of the logits after {q['merge_steps']} AdamW steps at lr 1e-3 (adapter effect: "
+        "‖unmerged − base‖/‖base‖), bitsandbytes training kernels.",
+        "",
+        "| method | structure | trainable | train step ms | ×LoRA | step memory MB | ×LoRA | "
+        "adapter effect | merge error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, r in rows.items():
+        mem = (
+            f"{r['step_mb']:.0f} | {_ratio(r['step_mb'], lora.get('step_mb'))}"
+            if "step_mb" in r
+            else "– | –"
+        )
+        lines.append(
+            f"| {r['label']} (`{n}`) | {r['what']} | {r['trainable_params']:,} | "
+            f"{r['train_step_ms']:.0f} | {_times(r.get('train_x_lora'))} | {mem} | "
+            f"{100 * r['effect']:.1f}% | {100 * r['merge_error']:.2f}% |"
+        )
+    return [*lines, ""]
+
+
 def run_sweep(s: Settings) -> dict:
     out: dict = {"steps": {}, "rotation": [], "tokens": s.sweep_tokens, "layers": s.sweep_layers}
     for d in s.sweep:
@@ -603,12 +722,12 @@ def plot(sweep: dict, path: Path, b: int) -> None:
 # ------------------------------------------------------------------------------ GPU
 # `--device cuda`: LoRA, PEFT OFT and sorth GSOFT with each of its kernels (Note [Triton GS]),
 # bf16 base model under bf16 autocast, at every d of --gpu-sizes (the method table above is
-# left alone: the two GSOFT rows are the method "gs" run under sorth.kernels.use_kernel).
+# left alone: the two GSOFT rows are the method "gsoft" run under sorth.kernels.use_kernel).
 GPU_ROWS = {  # row -> (method, sorth kernel, label)
     "lora": ("lora", "auto", "PEFT LoRA r={lora_r}"),
     "peft_oft": ("peft_oft", "auto", "PEFT OFT b={b}"),
-    "gs_triton": ("gs", "auto", "sorth GSOFT b={b}, kernel {kernel}"),
-    "gs_torch": ("gs", "torch", "sorth GSOFT b={b}, torch kernel"),
+    "gs_triton": ("gsoft", "auto", "sorth GSOFT b={b}, kernel {kernel}"),
+    "gs_torch": ("gsoft", "torch", "sorth GSOFT b={b}, torch kernel"),
 }
 
 
@@ -969,6 +1088,12 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         default="1024,2048,4096" if torch.cuda.is_available() else "",
         help="hidden sizes of the GPU table (LoRA, PEFT OFT, GSOFT Triton/torch); '' to skip",
     )
+    p.add_argument(
+        "--quant",
+        choices=("", "4bit", "8bit"),
+        default="",
+        help="only: LoRA, PEFT OFT, GSOFT, Double GSOFT on a bitsandbytes base (run_quant)",
+    )
     p.add_argument("--probe-memory", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     methods = tuple(m for m in a.methods.split(",") if m)
@@ -983,7 +1108,7 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         warmup=a.warmup, heavy_reps=a.heavy_reps, heavy_memory=a.heavy_memory, threads=a.threads,
         sweep=tuple(int(d) for d in a.sweep.split(",") if d), sweep_tokens=a.sweep_tokens,
         sweep_layers=a.sweep_layers, sweep_reps=a.sweep_reps, sweep_boft_max=a.sweep_boft_max,
-        unet=a.unet, out=a.out, memory=a.memory, seed=a.seed, device=a.device,
+        unet=a.unet, out=a.out, memory=a.memory, seed=a.seed, device=a.device, quant=a.quant,
     )  # fmt: skip
     return s, a
 
@@ -1002,6 +1127,13 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"settings": {k: str(v) for k, v in dataclasses.asdict(s).items()}}
     res["machine"] = machine()
     print(f"machine: {res['machine']}")
+    if s.quant:  # a separate, self-contained run
+        res["quant"] = run_quant(s, argv)
+        md = "\n".join([*markdown(res, s).splitlines()[:2], *quant_table(res["quant"], s)])
+        (s.out / f"benchmark-{s.quant}.json").write_text(json.dumps(res, indent=1, default=str))
+        (s.out / f"benchmark-{s.quant}.md").write_text(md)
+        print(md)
+        return res
     if a.main:
         res["main"] = run_main(s, argv)
     if a.kernel:

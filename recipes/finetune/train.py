@@ -123,6 +123,8 @@ class FinetuneConfig:
         False, "Replace the run already in --output_dir (its adapter, metrics and checkpoints)."
     )
     export_merged: bool = option(False, "Also save the merged model (zero inference overhead).")
+    load_in_4bit: bool = option(False, "QGSOFT: bitsandbytes NF4 base (bf16 compute on GPU).")
+    load_in_8bit: bool = option(False, "QGSOFT: bitsandbytes int8 (LLM.int8()) base.")
     mixed_precision: str = option("no", "no, bf16 or fp16 (GPU).", choices=("no", "bf16", "fp16"))
     seed: int = option(42, "Random seed (data order, head init).", low=0)
     progress: bool = option(True, "Show tqdm progress bars.")
@@ -133,6 +135,8 @@ def _check(cfg: FinetuneConfig) -> None:
     if cfg.task == "causal_lm" and cfg.metric not in {"auto", "loss"}:
         raise RecipeError(f"--metric={cfg.metric} does not apply to causal_lm; use loss")
     block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8))
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        raise RecipeError("--load_in_4bit and --load_in_8bit exclude each other; pick one")
 
 
 def _load_tokenizer(cfg: FinetuneConfig) -> Any:
@@ -162,12 +166,37 @@ def _load_model(cfg: FinetuneConfig, num_labels: int, pad_token_id: int) -> Any:
         else transformers.AutoModelForSequenceClassification
     )
     kwargs = {} if cfg.task == "causal_lm" else {"num_labels": num_labels}
+    kwargs.update(_quantization(cfg))
     try:
         model = auto.from_pretrained(resolve_pretrained(cfg.model), **kwargs)
     except Exception as err:
         raise RecipeError(f"cannot load a {cfg.task} model from '{cfg.model}': {err}") from None
     model.config.pad_token_id = pad_token_id
+    if kwargs.get("quantization_config") is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)  # fp32 norms, gradient checkpointing
     return model
+
+
+def _quantization(cfg: FinetuneConfig) -> dict[str, Any]:
+    """``from_pretrained`` kwargs of a bitsandbytes base (QGSOFT / QLoRA), or ``{}``."""
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    gpu = torch.cuda.is_available()
+    quant = BitsAndBytesConfig(
+        load_in_4bit=cfg.load_in_4bit,
+        load_in_8bit=cfg.load_in_8bit,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16 if gpu else torch.float32,
+    )
+    return {
+        "quantization_config": quant,
+        "device_map": {"": torch.cuda.current_device()} if gpu else "cpu",
+    }
 
 
 def _targets(cfg: FinetuneConfig, model: Any) -> list[str]:

@@ -36,6 +36,14 @@ def _load_base(base: Path, adapter: Path | None) -> tuple[str, Any]:
     if not (base / "config.json").is_file():
         raise CLIError(f"base model '{base}' has no config.json or model_index.json")
     config = _read_json(base / "config.json")
+    if "quantization_config" in config:
+        method = config["quantization_config"].get("quant_method", "quantized")
+        raise CLIError(
+            f"base model '{base}' is a {method} quantized checkpoint; `sorth merge` writes plain "
+            "full-precision weights: pass the full-precision model it was quantized from (an "
+            "adapter trained on the quantized base fits it), or merge into the quantized model "
+            "in Python with PeftModel.from_pretrained(model, adapter).merge_and_unload()"
+        )
     if "_class_name" in config:  # a single diffusers model (UNet2DConditionModel, ...)
         import diffusers
 

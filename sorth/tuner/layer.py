@@ -166,6 +166,11 @@ class SOrthLayer(BaseTunerLayer):
         ``x``'s dtype."""
         raise NotImplementedError
 
+    def _frozen_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the frozen op runs in, for a layer input of ``x_dtype`` (the base
+        weight's; a quantized layer's compute dtype, :mod:`sorth.tuner.quantized`)."""
+        return self.get_base_layer().weight.dtype
+
     def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:
         return W.movedim(self._w_in_dim, -1)
 
@@ -285,12 +290,14 @@ class SOrthLayer(BaseTunerLayer):
                 W = self._from_in_rows(self._in_rows(W, True).to(A.dtype) @ A, W, True)
             else:
                 x = self._rotate_act(self._cast_input_dtype(x, A.dtype), A)
-        W = W.to(base.weight.dtype)
+        op_dtype = self._frozen_dtype(previous_dtype)
+        if W is not base.weight:  # rotated on the weight (Conv2d filter side)
+            W = W.to(op_dtype)
         bias = getattr(base, "bias", None)
         after = [n for n in adapters if n in self.sorth_out or n in self.sorth_s]
-        x = x.to(W.dtype) if x.is_floating_point() else x
+        x = x.to(op_dtype) if x.is_floating_point() else x
         if not after:  # nothing after the frozen op: its own fused bias
-            b = None if bias is None else bias.to(W.dtype)
+            b = None if bias is None else bias.to(op_dtype)
             return self._linear(x, W, b).to(previous_dtype)
         h = self._linear(x, W, None)
         for name in after:

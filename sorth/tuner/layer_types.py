@@ -142,7 +142,13 @@ class Embedding(Linear):
 
 
 def dispatch_layer_class(base: nn.Module) -> type[SOrthLayer] | None:
-    """The sorth layer class for a base module, or ``None`` if unsupported."""
+    """The sorth layer class for a base module, or ``None`` if unsupported (quantized layers
+    first: many subclass ``nn.Linear``, see :mod:`sorth.tuner.quantized`)."""
+    from sorth.tuner.quantized import quantized_layer_class
+
+    is_quantized, layer_cls = quantized_layer_class(base)
+    if is_quantized:
+        return layer_cls
     if isinstance(base, HFConv1D):
         return Conv1D
     if isinstance(base, nn.Linear):

@@ -40,12 +40,16 @@ from sorth.errors import SOrthValueError
 from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
 from sorth.tuner.layer import SOrthLayer
 from sorth.tuner.layer_types import dispatch_layer_class
+from sorth.tuner.quantized import SUPPORTED_QUANTIZED, unsupported_reason
 from sorth.tuner.registration import PREFIX
 from sorth.tuner.rollback import begin_load, record_injection
 
 __all__ = ["AdapterCheckpointError", "SOrthModel", "UnsupportedLayerError"]
 
-SUPPORTED = "torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding and transformers' Conv1D"
+SUPPORTED = (
+    "torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding, transformers' Conv1D and "
+    "bitsandbytes Linear4bit / Linear8bitLt"
+)
 
 
 def _describe(base: nn.Module) -> str:
@@ -101,6 +105,13 @@ class SOrthModel(BaseTuner):
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
         layer_cls = dispatch_layer_class(base)
         if layer_cls is None:
+            quantized = unsupported_reason(base)
+            if quantized is not None:
+                raise UnsupportedLayerError(
+                    f"target module {key!r} is {quantized}; sorth supports quantized bases from "
+                    f"{SUPPORTED_QUANTIZED} only. Load the model with bitsandbytes or in full "
+                    "precision, or remove the module from target_modules."
+                )
             raise UnsupportedLayerError(
                 f"target module {key!r} is a {type(base).__name__}; sorth supports {SUPPORTED}. "
                 "Remove it from target_modules (or add it to exclude_modules)."

@@ -1,0 +1,387 @@
+"""sorth on quantized base layers (QGSOFT): bitsandbytes ``Linear4bit`` and ``Linear8bitLt``.
+
+The quantized weight ``W_q`` (``d_out × d_in``, packed 4-bit NF4/FP4 or int8 with per-row
+scales) stays frozen and is only ever used through bitsandbytes' own kernels; the rotations act
+on the activations (``x``: ``(..., d_in)``)::
+
+    side="input"   y = s ⊙ W_q(A_in · x) + b
+    side="output"  y = s ⊙ A_out · (W_q x) + b
+    side="both"    y = s ⊙ A_out · W_q(A_in · x) + b
+
+so sorth never dequantizes ``W_q`` in the forward (whatever the bitsandbytes kernel does inside
+is its own business: on CPU its training path dequantizes block by block), and the gradient
+reaches ``A_in`` through the kernel's ``∂x``. Only the adapter parameters train.
+
+**Merging** (``merge`` / ``merge_and_unload``) dequantizes ``W_q`` once to its float dtype,
+folds every adapter being merged in one pass, ``W' = diag(s)·A_out·W·A_in`` in float32, and
+re-quantizes ``W'`` with the base layer's own settings (4-bit: block size, NF4/FP4, nested
+statistics, storage dtype; 8-bit: row-wise absmax), as PEFT does for LoRA. The result is a
+plain quantized layer; the only error is that one re-quantization. While merged, the layer
+keeps a reference to the pre-merge quantized weight (no copy: it is the old parameter object),
+so ``unmerge`` (and ``disable_adapter`` on a merged model) restores it bit for bit instead of
+re-quantizing ``W'·A⁻¹``.
+
+**Other quantized layers** (HQQ, torchao, GPTQ/AWQ, quanto, AQLM, EETQ, fp8, bitnet, ...) are
+detected by the class / weight type's module and name, without importing those libraries, and
+get a clear :class:`~sorth.tuner.errors.UnsupportedLayerError` (:func:`unsupported_reason`).
+
+bitsandbytes is optional (``pip install sorth[quant]``): it is imported only when a
+bitsandbytes layer is met, and such a layer can only exist if bitsandbytes is installed.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import check_adapters_to_merge
+from torch import nn
+
+from sorth.tuner.layer import NAN_MESSAGE
+from sorth.tuner.layer_types import Linear
+
+__all__ = [
+    "SUPPORTED_QUANTIZED",
+    "Linear4bit",
+    "Linear8bitLt",
+    "quantized_layer_class",
+    "unsupported_reason",
+]
+
+SUPPORTED_QUANTIZED = (
+    "bitsandbytes Linear4bit (NF4 / FP4, any compute dtype) and Linear8bitLt "
+    "(BitsAndBytesConfig(load_in_4bit=True) / load_in_8bit=True)"
+)
+
+
+def _bnb_kind(base: nn.Module) -> str | None:
+    """``"4bit"`` / ``"8bit"`` for bitsandbytes' Linear4bit (and LinearNF4/FP4) /
+    Linear8bitLt and their subclasses, by class name in the MRO (bitsandbytes not imported)."""
+    for cls in type(base).__mro__:
+        if cls.__module__.split(".")[0] == "bitsandbytes":
+            if cls.__name__ == "Linear4bit":
+                return "4bit"
+            if cls.__name__ == "Linear8bitLt":
+                return "8bit"
+    return None
+
+
+# top-level package of a layer's (or its weight's) class -> the quantization method's name
+_QUANT_PACKAGES = {
+    "bitsandbytes": "bitsandbytes",
+    "hqq": "HQQ",
+    "torchao": "torchao",
+    "auto_gptq": "GPTQ (auto-gptq)",
+    "gptqmodel": "GPTQ/AWQ (gptqmodel)",
+    "awq": "AWQ (autoawq)",
+    "quanto": "quanto",
+    "aqlm": "AQLM",
+    "eetq": "EETQ",
+    "vptq": "VPTQ",
+    "fbgemm_gpu": "FBGEMM",
+    "compressed_tensors": "compressed-tensors",
+    "transformer_engine": "TransformerEngine",
+    "neural_compressor": "Intel Neural Compressor",
+    "exllamav2": "EXL2",
+    "marlin": "Marlin",
+    "spqr_quant": "SpQR",
+    "flute": "HIGGS (flute)",
+}
+_QUANT_MODULE_PREFIXES = {
+    "optimum.quanto": "quanto",
+    "optimum.gptq": "GPTQ (optimum)",
+    "transformers.integrations": "a transformers quantization integration",
+    "torch.ao.nn.quantized": "torch.ao quantization",
+    "torch.nn.quantized": "torch.ao quantization",
+    "torch.ao.nn.qat": "torch.ao quantization-aware training",
+}
+_QUANT_NAME_HINTS = ("QuantLinear", "QLinear", "WQLinear", "QuantizedLinear", "Fp8Linear")
+_FLOAT8 = {getattr(torch, n) for n in dir(torch) if n.startswith("float8_")}
+
+
+def _package_of(cls: type) -> str | None:
+    module = cls.__module__ or ""
+    for prefix, name in _QUANT_MODULE_PREFIXES.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return name
+    return _QUANT_PACKAGES.get(module.split(".")[0])
+
+
+def unsupported_reason(base: nn.Module) -> str | None:
+    """Why ``base`` looks quantized in a way sorth cannot adapt, or ``None``.
+
+    Detected without importing any quantization library: the layer's classes (MRO) or its
+    weight's class come from a quantization package, the class name says so (``QuantLinear``,
+    ``WQLinear_*``, ...), or the weight is stored as an integer / float8 tensor. bitsandbytes
+    ``Linear4bit`` / ``Linear8bitLt`` return ``None`` (supported).
+    """
+    if _bnb_kind(base) is not None:
+        return None
+    for cls in type(base).__mro__[:-1]:
+        name = _package_of(cls)
+        if name is not None:
+            return f"a {name} quantized layer ({cls.__module__}.{cls.__name__})"
+        if any(hint in cls.__name__ for hint in _QUANT_NAME_HINTS):
+            return f"a quantized layer ({cls.__module__}.{cls.__name__})"
+    weight = getattr(base, "weight", None)
+    layer = f"{type(base).__module__}.{type(base).__name__}"
+    if isinstance(weight, torch.Tensor):
+        wcls = type(weight)
+        if wcls.__module__.split(".")[0] != "torch":
+            name = _package_of(wcls) or wcls.__module__.split(".")[0]
+            return (
+                f"a {layer} quantized by {name} (its weight is a {wcls.__module__}.{wcls.__name__})"
+            )
+        if not weight.dtype.is_floating_point or weight.dtype in _FLOAT8:
+            return f"a {layer} whose weight is stored as {weight.dtype} (quantized)"
+    return None
+
+
+def quantized_layer_class(base: nn.Module) -> tuple[bool, type[Linear] | None]:
+    """``(is_quantized, sorth class)``: ``(True, Linear4bit / Linear8bitLt)`` for supported
+    bitsandbytes layers, ``(True, None)`` for any other quantized layer
+    (:func:`unsupported_reason`), ``(False, None)`` for a plain layer."""
+    kind = _bnb_kind(base)
+    if kind is not None:
+        return True, Linear4bit if kind == "4bit" else Linear8bitLt
+    return unsupported_reason(base) is not None, None
+
+
+def _is_packed(state: Any) -> bool:
+    return bool(getattr(state, "packing_format_for_cpu", False))
+
+
+def _unpacked(data: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    """``(data, state)`` of a 4-bit weight in bitsandbytes' CPU inference layout, back in the
+    standard layout, exactly: the absmax the packed kernel uses (bfloat16 values, stored
+    ``(d_in / blocksize, d_out)``) goes back to the flat ``(d_out · d_in / blocksize,)`` float32
+    layout and is never re-compressed. bitsandbytes 0.50's own inverse re-quantizes nested
+    statistics and leaves non-nested ones transposed (dequantizing that scrambles the
+    weight). ``state`` itself is not modified (a shallow copy is)."""
+    import bitsandbytes.functional as bnbF
+
+    state = copy.copy(state)
+    state.original_nested = False
+    data, state = bnbF._convert_weight_packed_for_cpu_inverse(data, state)
+    if state.absmax.dim() == 2:
+        state.absmax = state.absmax.T.reshape(-1).float()
+    return data, state
+
+
+def _unpack(base: nn.Module) -> None:
+    """Put a packed ``Linear4bit`` weight back in the standard layout (:func:`_unpacked`)."""
+    W = base.weight
+    if _is_packed(W.quant_state):
+        W.data, W.quant_state = _unpacked(W.data, W.quant_state)
+        if hasattr(base, "quant_state"):
+            base.quant_state = W.quant_state
+
+
+def _cpu_layout(base: nn.Module, x: torch.Tensor, needs_grad: bool) -> None:
+    """Keep a ``Linear4bit`` weight in the layout its next matmul needs, as bitsandbytes'
+    own forward would, except that it also goes back when a gradient is needed.
+
+    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in eval mode without grad repacks the
+    weight (``quant_state.packing_format_for_cpu``, absmax in bfloat16) for a faster kernel,
+    and never undoes it; bitsandbytes 0.50's matmul on that layout has no backward, so a later
+    training step silently gets no ``∂x`` (``torch.autograd.grad`` reports the input unused):
+    for an input rotation, no gradient at all. Here: packed for gradient-free eval forwards
+    (so an identity adapter matches the base layer bit for bit), unpacked when a gradient is
+    needed.
+    """
+    W = base.weight
+    if needs_grad:
+        _unpack(base)
+        return
+    state = W.quant_state
+    if (
+        not _is_packed(state)
+        and not base.training
+        and x.device.type == "cpu"
+        and getattr(base, "support_avx512bf16_for_cpu", False)
+        and state.shape[0] % 32 == 0  # the packed layout's block of output rows
+        and state.shape[1] % state.blocksize == 0  # (bitsandbytes asserts both)
+    ):
+        import bitsandbytes.functional as bnbF
+
+        W.data, W.quant_state = bnbF._convert_weight_packed_for_cpu(W.data, state)
+        if hasattr(base, "quant_state"):
+            base.quant_state = W.quant_state
+
+
+def _unpack_before_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+    """``state_dict`` pre-hook: bitsandbytes' ``Linear4bit._save_to_state_dict`` unpacks a
+    packed weight in place with its own inverse, which corrupts non-nested statistics (the
+    base model's outputs change after ``save_pretrained``); unpack it exactly first."""
+    _unpack(module.get_base_layer())
+
+
+class _QuantizedLinear(Linear):
+    """Shared merge logic of the bitsandbytes layers: one dequantize → fold → re-quantize per
+    merge, and an exact unmerge from the kept pre-merge weight."""
+
+    _pre_merge: tuple[Any, ...] | None = None
+
+    def _frozen_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
+        return x_dtype
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Fold the adapters (in the order they are applied) into the dequantized weight and
+        re-quantize once. Checked for NaN/inf before the layer is touched."""
+        names = self._present(check_adapters_to_merge(self, adapter_names))
+        if not names:
+            return
+        W = self.get_base_weight()
+        merged = W
+        for name in names:
+            merged = self._apply_to_weight(merged, name, inverse=False)
+            if not torch.isfinite(merged).all():
+                raise ValueError(NAN_MESSAGE.format(name))
+        if not self.merged_adapters:
+            self._pre_merge = self._snapshot()
+        self.set_base_weight(merged.to(W.dtype))
+        self.merged_adapters.extend(names)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the pre-merge quantized weight exactly (no re-quantization)."""
+        if not self.merged_adapters:
+            return
+        if self._pre_merge is not None:
+            self._restore(self._pre_merge)
+            self._pre_merge = None
+            self.merged_adapters.clear()
+            return
+        super().unmerge()  # merged by someone else: invert and re-quantize
+
+
+class Linear4bit(_QuantizedLinear):
+    """sorth on bitsandbytes ``Linear4bit`` (NF4 / FP4): ``W_q`` packed 4-bit ``(d_out·d_in/2,
+    1)`` with a ``quant_state``; the frozen op is ``bnb.matmul_4bit`` in the layer's compute
+    dtype (``bnb_4bit_compute_dtype``; the input's dtype when it is unset)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any):
+        super().__init__(base_layer, adapter_name, config, **kwargs)
+        self.register_state_dict_pre_hook(_unpack_before_state_dict)
+
+    def _frozen_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
+        compute = getattr(self.get_base_layer(), "compute_dtype", None)
+        return compute if compute is not None else x_dtype
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        import bitsandbytes as bnb
+        from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+
+        base = self.get_base_layer()
+        fix_4bit_weight_quant_state_from_module(base)  # FSDP-style lost quant_state
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        _cpu_layout(base, x, needs_grad)
+        W = base.weight
+        # bitsandbytes < 0.50 wants the (1, n) transpose; the packed CPU layout (>= 0.50 only)
+        # must be passed as stored
+        B = W if _is_packed(W.quant_state) else W.t()
+        return bnb.matmul_4bit(x, B, bias=bias, quant_state=W.quant_state)
+
+    def get_base_weight(self) -> torch.Tensor:
+        """The dequantized weight ``(d_out, d_in)`` in the dtype it was quantized from."""
+        import bitsandbytes.functional as bnbF
+
+        W = self.get_base_layer().weight
+        data, state = W.data, W.quant_state
+        if _is_packed(state):  # bitsandbytes' CPU inference layout
+            data, state = _unpacked(data, state)
+        return bnbF.dequantize_4bit(data, state)
+
+    def set_base_weight(self, weight_data: torch.Tensor) -> None:
+        """Re-quantize ``weight_data`` ``(d_out, d_in)`` with the layer's 4-bit settings."""
+        import bitsandbytes as bnb
+
+        base = self.get_base_layer()
+        old = base.weight
+        new = bnb.nn.Params4bit(
+            weight_data.contiguous().to("cpu"),
+            requires_grad=False,
+            blocksize=old.quant_state.blocksize if old.quant_state else old.blocksize,
+            compress_statistics=old.compress_statistics,
+            quant_type=old.quant_type,
+            quant_storage=old.quant_storage,
+            module=base,
+        )
+        base.weight = new.to(old.device)
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        base = self.get_base_layer()
+        return (base.weight, getattr(base, "quant_state", None))
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        base = self.get_base_layer()
+        base.weight, base.quant_state = snapshot
+
+
+class Linear8bitLt(_QuantizedLinear):
+    """sorth on bitsandbytes ``Linear8bitLt`` (LLM.int8()): ``W_q`` int8 ``(d_out, d_in)`` with
+    per-row absmax ``SCB``; the frozen op is ``bnb.matmul`` in the input's dtype."""
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        import bitsandbytes as bnb
+
+        base = self.get_base_layer()
+        state = base.state
+        state.is_training = base.training
+        if base.weight.CB is not None:  # first call after (re)quantization: move CB/SCB
+            base.init_8bit_state()
+        out = bnb.matmul(x, base.weight, bias=bias, state=state)
+        if not state.has_fp16_weights and state.CB is not None:
+            base.weight.data = state.CB
+        return out
+
+    def _int8(self) -> tuple[torch.Tensor, torch.Tensor]:
+        base = self.get_base_layer()
+        W, state = base.weight, base.state
+        CB = state.CB if state.CB is not None else W.data
+        SCB = state.SCB if state.SCB is not None else W.SCB
+        return CB, SCB
+
+    def get_base_weight(self) -> torch.Tensor:
+        """The dequantized weight ``(d_out, d_in)`` in float32 (``CB · SCB / 127``)."""
+        import bitsandbytes.functional as bnbF
+
+        CB, SCB = self._int8()
+        return bnbF.int8_vectorwise_dequant(CB, SCB.to(CB.device))
+
+    def set_base_weight(self, weight_data: torch.Tensor) -> None:
+        """Re-quantize ``weight_data`` ``(d_out, d_in)`` row-wise to int8."""
+        import bitsandbytes as bnb
+
+        base = self.get_base_layer()
+        old = base.weight
+        new = bnb.nn.Int8Params(
+            weight_data.contiguous().to("cpu"),
+            requires_grad=False,
+            has_fp16_weights=old.has_fp16_weights,
+        )
+        base.weight = new.to(old.device)
+        base.state.reset_grads()
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        base = self.get_base_layer()
+        CB, SCB = self._int8()
+        return (base.weight, CB, SCB)
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        base = self.get_base_layer()
+        weight, CB, SCB = snapshot
+        base.weight = weight
+        base.state.reset_grads()
+        base.state.CB, base.state.SCB = CB, SCB
+        weight.CB, weight.SCB = None, None
