@@ -7,6 +7,12 @@ import os
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter (tests/perf/test_triton_gs.py).
+# It must be chosen before anything imports triton (``import sorth.nn`` does, through
+# torch._dynamo), or triton's own @jit helpers are compiled-mode functions in the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hypothesis import HealthCheck, settings
 
 # tiny offline models for the recipe / integration tests (built lazily, once per session) and
