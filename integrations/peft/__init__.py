@@ -14,6 +14,9 @@ monarch       ``SOrthConfig(structure="monarch")``           block_size or nbloc
 lora          ``peft.LoraConfig(r=rank, lora_alpha=alpha)``   rank, alpha
 peft_oft      ``peft.OFTConfig(oft_block_size=block_size)``  block_size
 peft_boft     ``peft.BOFTConfig(boft_block_size=...)``       block_size, boft_factors
+peft_hra      ``peft.HRAConfig(r=rank)``                     rank (Householder vectors)
+peft_road     ``peft.RoadConfig(variant=f"road_{rank}")``    rank in {1, 2, 4}
+peft_psoft    ``peft.PsoftConfig(r=rank, psoft_alpha=...)``  rank, alpha
 ============  ==========================================  ===========================
 
 Adapters are saved with ``save_pretrained`` and loaded with ``PeftModel.from_pretrained`` after
@@ -42,7 +45,15 @@ SORTH_METHODS: dict[str, dict[str, str]] = {
     "butterfly": {"structure": "butterfly", "side": "input"},
     "monarch": {"structure": "monarch", "side": "input"},
 }
-METHODS: tuple[str, ...] = (*SORTH_METHODS, "lora", "peft_oft", "peft_boft")
+METHODS: tuple[str, ...] = (
+    *SORTH_METHODS,
+    "lora",
+    "peft_oft",
+    "peft_boft",
+    "peft_hra",
+    "peft_road",
+    "peft_psoft",
+)
 
 
 def make_peft_config(
@@ -66,7 +77,8 @@ def make_peft_config(
         target_modules: module-name suffixes (list) or a regex (str).
         block_size, nblocks: block size ``b`` or number of blocks ``r`` (sorth: exactly one;
             PEFT OFT/BOFT: ``block_size``).
-        rank, alpha: LoRA rank and alpha (``alpha`` defaults to ``rank``).
+        rank, alpha: LoRA rank and alpha (``alpha`` defaults to ``rank``); HRA vectors, RoAd
+            variant, PSOFT rank and alpha.
         boft_factors: BOFT's number of butterfly factors ``m``.
         scale: sorth's learnable per-output scale ``s``.
         dropout: sorth module dropout, LoRA dropout, OFT/BOFT module dropout.
@@ -111,6 +123,18 @@ def make_peft_config(
             boft_block_size=block_size,
             boft_n_butterfly_factor=boft_factors,
             boft_dropout=dropout,
+        )
+    if method == "peft_hra":
+        return peft.HRAConfig(**common, r=rank)
+    if method == "peft_road":
+        if rank not in {1, 2, 4}:
+            raise ValueError(
+                f"method 'peft_road' needs rank 1, 2 or 4 (variant road_<rank>), not {rank}"
+            )
+        return peft.RoadConfig(**common, variant=f"road_{rank}")
+    if method == "peft_psoft":
+        return peft.PsoftConfig(
+            **common, r=rank, psoft_alpha=rank if alpha is None else alpha, psoft_dropout=dropout
         )
     raise ValueError(f"method={method!r} is not one of {', '.join(METHODS)}")
 
