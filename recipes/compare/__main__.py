@@ -48,6 +48,9 @@ class CompareConfig:
         tuple(METHODS), "Adapters to compare.", choices=tuple(METHODS)
     )
     budgets: tuple[int, ...] = option((150_000, 600_000), "Trainable-parameter budgets.")
+    sizes: tuple[str, ...] = option(
+        (), "Pin size flags instead of matching them: method=SIZE_1,SIZE_2 (one per budget)."
+    )
     seeds: int = option(3, "Training seeds 0..N-1 (the lr sweep uses seed 0).", low=1)
     lrs: tuple[float, ...] = option((3e-4, 1e-3, 3e-3), "AdamW learning rates swept per method.")
     max_length: int = option(128, "Tokens per e-mail.", low=8)
@@ -90,6 +93,24 @@ def machine() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _pinned(cfg: CompareConfig) -> dict[str, dict[int, tuple[int, int | None]]]:
+    """``--sizes method=s1,s2``: the size flag per budget, without counting."""
+    pinned = {}
+    for item in cfg.sizes:
+        name, _, values = item.partition("=")
+        try:
+            sizes = [int(v) for v in values.split(",")]
+        except ValueError:
+            sizes = []
+        if name not in METHODS or len(sizes) != len(cfg.budgets):
+            raise RecipeError(
+                f"--sizes {item!r}: expected METHOD=S1,...,S{len(cfg.budgets)} (one integer per "
+                f"budget) with METHOD one of {', '.join(METHODS)}"
+            )
+        pinned[name] = {b: (size, None) for b, size in zip(cfg.budgets, sizes, strict=True)}
+    return pinned
+
+
 def _run_spam(cfg: CompareConfig, out: Path) -> None:
     from recipes.compare.cells import cell_dir, run_cell
     from recipes.compare.data import write_splits
@@ -109,14 +130,14 @@ def _run_spam(cfg: CompareConfig, out: Path) -> None:
         target_modules=cfg.target_modules, progress=False,
     )  # fmt: skip
     groups = [(m, b) for m in cfg.methods for b in cfg.budgets]
-    picked: dict[str, dict[int, tuple[int, int]]] = {}
-    for name in dict.fromkeys(m for m, _ in groups):
+    picked = _pinned(cfg)
+    for name in dict.fromkeys(m for m, _ in groups if m not in picked):
         picked[name] = match_budget(model, METHODS[name], cfg.budgets, cfg.target_modules,
-                                    out / "param_counts.json")  # fmt: skip
+                                    out / "param_counts" / f"{name}.json")  # fmt: skip
     seeds = list(range(cfg.seeds))  # the sweep runs on seed 0
     for i, (name, budget) in enumerate(groups):
         method = METHODS[name]
-        size, n = picked[name][budget]
+        size, _ = picked[name][budget]
         sizes = {method.flag: size, **dict(method.fixed)}
         root = out / "spam"
         t0 = time.perf_counter()
@@ -131,6 +152,7 @@ def _run_spam(cfg: CompareConfig, out: Path) -> None:
             # later seeds validate once at the end: the curves are drawn from seed 0
             run_cell(base, cell_dir(root, name, budget, seed, best["lr"]), test, method=name,
                      seed=seed, lr=best["lr"], eval_steps=cfg.max_steps, **sizes)  # fmt: skip
+        n = best["trainable_parameters"]
         print(f"[{i + 1}/{len(groups)}] {method.label} {method.flag}={size} ({n:,} trainable): "
               f"best lr {best['lr']:g}, {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
 
@@ -182,6 +204,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     """Run the missing cells of ``cfg``, then rebuild the report from every finished cell."""
     if not cfg.lrs or not cfg.budgets or any(b < 1 for b in cfg.budgets):
         raise RecipeError("--lrs and --budgets need at least one positive value each")
+    _pinned(cfg)  # a malformed --sizes fails here, before anything is written
     start, out = time.perf_counter(), Path(cfg.output_dir)
     if "spam" in cfg.parts and not cfg.report_only:
         _run_spam(cfg, out)

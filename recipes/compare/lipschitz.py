@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipes.common import save_json
+from recipes.common import RecipeError, save_json
 
 __all__ = ["VARIANTS", "run_lipschitz_cell"]
 
@@ -30,8 +30,15 @@ def run_lipschitz_cell(
 ) -> dict[str, Any]:
     """Train and certify one LipConvNet (or load its finished ``cell.json``)."""
     done = folder / "cell.json"
+    key = json.dumps({"depth": depth, "channels": channels, "epochs": epochs, "batch": batch})
     if done.is_file():
-        return json.loads(done.read_text())
+        record = json.loads(done.read_text())
+        if record.get("fingerprint") != key:
+            raise RecipeError(
+                f"{done} was run with other settings ({record.get('fingerprint')}); "
+                "use another --output_dir or delete that cell"
+            )
+        return record
     from recipes.compare.cells import peak_rss_mb, reset_peak_rss
     from recipes.lipconvnet.train import LipConvNetConfig
     from recipes.lipconvnet.train import run as run_lipconvnet
@@ -47,6 +54,7 @@ def run_lipschitz_cell(
     )  # fmt: skip
     last = result["history"][-1]
     record = {
+        "fingerprint": key,
         "variant": variant,
         "label": label,
         "seed": seed,

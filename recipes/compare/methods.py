@@ -106,10 +106,11 @@ def match_budget(
     targets: Sequence[str],
     cache: Path,
     log: Callable[[str], None] = print,
-) -> dict[int, tuple[int, int]]:
+) -> dict[int, tuple[int, int | None]]:
     """``{budget: (size, trainable)}``: the size flag landing closest (in log ratio) to each.
 
-    Counts are cached in ``cache`` (JSON) keyed by model, targets, method and size.
+    Counts are cached in ``cache`` (JSON, one file per method so that processes comparing
+    different methods never overwrite each other's counts) keyed by model, targets and size.
     """
     import transformers
 

@@ -129,6 +129,16 @@ def test_compare_end_to_end_resumes_and_refuses_mixed_settings(tiny_roberta_dir,
     assert exit_info.value.code == 2
 
 
+def test_bad_sizes_fail_before_anything_is_written(tmp_path):
+    from recipes.compare.__main__ import main
+
+    for bad in ("gsoft=8", "dora=4,8", "gsoft=8,x"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output_dir", str(tmp_path / "out"), "--sizes", bad])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_every_method_and_both_lipconvnet_kinds_run(tiny_roberta_dir, tmp_path):
     from recipes.compare.__main__ import main
