@@ -56,6 +56,9 @@ class CompareConfig:
     max_length: int = option(128, "Tokens per e-mail.", low=8)
     batch_size: int = option(16, "Training batch size.", low=1)
     max_steps: int = option(1000, "Optimizer steps per run.", low=1)
+    train_samples: int = option(
+        0, "Train on a per-seed random subset of this many e-mails (0: the whole split).", low=0
+    )
     warmup_steps: int = option(0, "Linear warm-up steps (then linear decay to 0).", low=0)
     eval_steps: int = option(100, "Validation every N steps (the curves).", low=1)
     val_fraction: float = option(0.2, "Validation share of each class.", low=0, low_open=True)
@@ -127,6 +130,7 @@ def _run_spam(cfg: CompareConfig, out: Path) -> None:
         model=model, task="seq_cls", train_file=str(data["train"]), eval_file=str(data["val"]),
         max_length=cfg.max_length, batch_size=cfg.batch_size, eval_batch_size=64,
         max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps, eval_steps=cfg.eval_steps,
+        train_samples=cfg.train_samples,
         target_modules=cfg.target_modules, progress=False,
     )  # fmt: skip
     groups = [(m, b) for m in cfg.methods for b in cfg.budgets]

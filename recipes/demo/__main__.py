@@ -43,9 +43,10 @@ SPAM_METHODS: dict[str, tuple[dict[str, int], str]] = {
 
 # the short version of `python -m recipes.compare` (the full protocol: README "Evidence")
 SHORT_COMPARE: dict[str, Any] = {
-    "methods": ("gsoft", "lora", "peft_road"), "budgets": (150_000,), "seeds": 2, "lrs": (5e-3,),
-    "max_steps": 15, "eval_steps": 5, "max_length": 32, "val_size": 100, "test_size": 200,
-    "lip_variants": ("soc", "gs-4"), "lip_channels": 8, "lip_epochs": 2,
+    "methods": ("gsoft", "lora", "peft_road"), "budgets": (150_000,),
+    "sizes": ("gsoft=8", "lora=4", "peft_road=4"), "seeds": 2, "lrs": (5e-3,), "max_steps": 20,
+    "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100, "test_size": 200,
+    "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
 }  # fmt: skip
 
 

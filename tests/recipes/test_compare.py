@@ -139,6 +139,11 @@ def test_bad_sizes_fail_before_anything_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+# size flags that fit the tiny RoBERTa (hidden 64, MLP 128), pinned: no budget matching
+PINNED = ("gsoft=8", "double_gsoft=4", "oft=8", "butterfly=4", "lora=4", "peft_oft=8",
+          "peft_boft=4", "peft_hra=4", "peft_road=1", "peft_psoft=8")  # fmt: skip
+
+
 @pytest.mark.slow
 def test_every_method_and_both_lipconvnet_kinds_run(tiny_roberta_dir, tmp_path):
     from recipes.compare.__main__ import main
@@ -147,9 +152,12 @@ def test_every_method_and_both_lipconvnet_kinds_run(tiny_roberta_dir, tmp_path):
     summary = main(_args(
         tiny_roberta_dir, data, out, "--seeds", "1", "--lrs", "1e-2", "--max_steps", "2",
         "--methods", *METHODS, "--parts", "spam", "lipschitz", "--lip_variants", "soc", "gs-4",
-        "--lip_channels", "4", "--lip_epochs", "1",
+        "--lip_channels", "4", "--lip_epochs", "1", "--train_samples", "16", "--sizes", *PINNED,
     ))  # fmt: skip
     assert {r["method"] for r in summary["spam"]} == set(METHODS)
+    for row in summary["spam"]:
+        name, _, size = next(p for p in PINNED if p.startswith(row["method"] + "=")).partition("=")
+        assert row["sizes"][METHODS[name].flag] == int(size)
     lip = {r["variant"]: r for r in summary["lipschitz"]}
     assert set(lip) == {"soc", "gs-4"}
     assert lip["gs-4"]["trainable_parameters"] < lip["soc"]["trainable_parameters"]
