@@ -184,10 +184,12 @@ def report(cfg: CompareConfig, out: Path, elapsed: float) -> dict[str, Any]:
     splits = out / "data" / "splits.json"
     data = json.loads(splits.read_text()) if splits.is_file() else None
 
+    # every finished cell on disk, whichever process (--methods, --budgets) produced it
     seeds = list(range(cfg.seeds))
-    spam = aggregate_spam(out / "spam", {m: METHODS[m].label for m in cfg.methods},
-                          list(cfg.budgets), seeds)  # fmt: skip
-    lip = aggregate_lipschitz(out / "lipschitz", {v: VARIANTS[v][0] for v in cfg.lip_variants})
+    found = {int(p.name.split("-")[1]) for p in out.glob("spam/*/budget-*")}
+    budgets = sorted(set(cfg.budgets) | found)
+    spam = aggregate_spam(out / "spam", {m: METHODS[m].label for m in METHODS}, budgets, seeds)
+    lip = aggregate_lipschitz(out / "lipschitz", {v: label for v, (label, _) in VARIANTS.items()})
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     info = machine()
     summary = {
@@ -222,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point (see the module docstring)."""
     cfg = parse_config(CompareConfig, argv, __doc__.split("\n\n")[0])
     summary = run(cfg)
-    print((Path(cfg.output_dir) / "table.md").read_text())
+    print(markdown(summary["spam"], summary["lipschitz"]))
     return summary
 
 

@@ -94,7 +94,7 @@ def markdown(spam: list[dict[str, Any]], lipschitz: list[dict[str, Any]]) -> str
     out = []
     if spam:
         out += [
-            "| method | budget | size | trainable | best lr | test acc (mean ± std) | per seed "
+            "| method | budget | size | trainable | lr (swept) | test acc (mean ± std) | per seed "
             "| s/step | peak RSS MB |",
             "|---|---:|---|---:|---:|---|---|---:|---:|",
         ]
@@ -104,7 +104,8 @@ def markdown(spam: list[dict[str, Any]], lipschitz: list[dict[str, Any]]) -> str
             mark = "" if r["complete"] else " (incomplete)"
             out.append(
                 f"| {r['label']} | {r['budget']:,} | {size} | {r['trainable_parameters']:,} | "
-                f"{r['lr']:g} | {_pm(r['test_accuracy_mean'], r['test_accuracy_std'])}{mark} | "
+                f"{r['lr']:g} (of {', '.join(sorted(r['lr_sweep'], key=float))}) | "
+                f"{_pm(r['test_accuracy_mean'], r['test_accuracy_std'])}{mark} | "
                 f"{seeds} | {r['seconds_per_step']:.2f} | {r['peak_rss_mb']:.0f} |"
             )
     if lipschitz:
