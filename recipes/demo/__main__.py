@@ -6,7 +6,7 @@
    intermediate.dense (the paper's GLUE targets), the classifier head trained fully. The GSOFT
    adapter is then reloaded, merged into the weights and checked against the unmerged one.
 2. Train a GS-LipConvNet on scikit-learn's bundled 8×8 digits and report its certified accuracy.
-3. A short ``recipes.compare`` (``SHORT_COMPARE``: GSOFT, LoRA, RoAd and SOC vs GS-SOC, 2 seeds).
+3. A short ``recipes.compare`` (``SHORT_COMPARE``: GSOFT, LoRA, PSOFT; SOC vs GS-SOC; 2 seeds).
 
 To fit a few minutes on 2 CPU cores, the spam runs use a class-balanced sample (default 480
 train / 240 eval e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
@@ -43,8 +43,8 @@ SPAM_METHODS: dict[str, tuple[dict[str, int], str]] = {
 
 # the short version of `python -m recipes.compare` (the full protocol: README "Evidence")
 SHORT_COMPARE: dict[str, Any] = {
-    "methods": ("gsoft", "lora", "peft_road"), "budgets": (150_000,),
-    "sizes": ("gsoft=8", "lora=4", "peft_road=4"), "seeds": 2, "lrs": (5e-3,), "max_steps": 20,
+    "methods": ("gsoft", "lora", "peft_psoft"), "budgets": (150_000,),
+    "sizes": ("gsoft=8", "lora=4", "peft_psoft=96"), "seeds": 2, "lrs": (5e-3,), "max_steps": 20,
     "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100, "test_size": 200,
     "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
 }  # fmt: skip
