@@ -52,7 +52,7 @@ METHODS: dict[str, Method] = {
         Method("butterfly", "sorth butterfly", "block_size"),
         Method("lora", "PEFT LoRA", "rank"),
         Method("peft_oft", "PEFT OFT", "block_size"),
-        Method("peft_boft", "PEFT BOFT m=2", "block_size", (("boft_factors", 2),)),
+        Method("peft_boft", "PEFT BOFT", "block_size", (("boft_factors", 2),)),  # m=1 on CPU
         Method("peft_hra", "PEFT HRA", "rank"),
         Method("peft_road", "PEFT RoAd", "rank"),
         Method("peft_psoft", "PEFT PSOFT", "rank"),
