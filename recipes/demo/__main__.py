@@ -6,6 +6,7 @@
    intermediate.dense (the paper's GLUE targets), the classifier head trained fully. The GSOFT
    adapter is then reloaded, merged into the weights and checked against the unmerged one.
 2. Train a GS-LipConvNet on scikit-learn's bundled 8×8 digits and report its certified accuracy.
+3. A short ``recipes.compare`` (``SHORT_COMPARE``: GSOFT, LoRA, PSOFT; SOC vs GS-SOC; 2 seeds).
 
 To fit a few minutes on 2 CPU cores, the spam runs use a class-balanced sample (default 480
 train / 240 eval e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
@@ -50,6 +51,15 @@ SPAM_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+# the short version of `python -m recipes.compare` (the full protocol: README "Evidence")
+SHORT_COMPARE: dict[str, Any] = {
+    "methods": ("gsoft", "lora", "peft_psoft"), "budgets": (150_000,),
+    "sizes": ("gsoft=8", "lora=4", "peft_psoft=96"), "seeds": 2, "lrs": (5e-3,), "max_steps": 20,
+    "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100, "test_size": 200,
+    "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Options of the demo (defaults: a few minutes on 2 CPU cores)."""
@@ -72,6 +82,7 @@ class DemoConfig:
     eval_steps: int = option(10, "Evaluate every N steps.", low=1)
     digits: bool = option(True, "Also train the GS-LipConvNet on the digits.")
     digits_epochs: int = option(4, "Epochs of the digits LipConvNet.", low=1)
+    compare: bool = option(True, "Also run a short recipes.compare (see SHORT_COMPARE).")
     seed: int = option(0, "Random seed.", low=0)
     overwrite_output_dir: bool = option(
         True,
@@ -238,6 +249,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _plot(spam, digits, out / "curves.png")
     _report(spam, digits, merge_diff)
     summary = {"spam": spam, "digits": digits, "gsoft_merge_max_abs_diff": merge_diff}
+    if cfg.compare:
+        from recipes.compare.__main__ import CompareConfig
+        from recipes.compare.__main__ import run as run_compare
+
+        print("\nshort comparison (the full protocol: python -m recipes.compare, README Evidence)")
+        short = CompareConfig(
+            output_dir=str(out / "compare"), data_dir=cfg.data_dir, **SHORT_COMPARE
+        )
+        summary["compare"] = run_compare(short)
+        print((out / "compare" / "table.md").read_text())
     save_json(summary, out / "summary.json")
     print(f"\nadapters in {out}/spam-*/adapter, curves in {out / 'curves.png'}")
     print(f"total {time.perf_counter() - start:.0f} s")

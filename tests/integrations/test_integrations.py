@@ -71,6 +71,8 @@ def test_make_peft_config_errors():
         make_peft_config("gsoft", ["q_proj"], block_size=8, nblocks=4)
     with pytest.raises(ValueError, match="needs block_size"):
         make_peft_config("peft_oft", ["q_proj"])
+    with pytest.raises(ValueError, match="rank 1, 2 or 4"):
+        make_peft_config("peft_road", ["q_proj"], rank=3)
 
 
 def _perturb(model: torch.nn.Module) -> None:
