@@ -23,7 +23,28 @@ from recipes.common import RecipeError, save_json
 from recipes.finetune.train import FinetuneConfig
 from recipes.finetune.train import run as run_finetune
 
-__all__ = ["cell_dir", "peak_rss_mb", "reset_peak_rss", "run_cell", "score_adapter"]
+__all__ = [
+    "cell_dir",
+    "finished_cell",
+    "peak_rss_mb",
+    "reset_peak_rss",
+    "run_cell",
+    "score_adapter",
+]
+
+
+def finished_cell(done: Path, key: str) -> dict[str, Any] | None:
+    """The record in ``done`` (a finished cell's ``cell.json``) if its settings are ``key``;
+    ``None`` if the cell has not finished; a one-line error if it ran with other settings."""
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    if record.get("fingerprint") != key:
+        raise RecipeError(
+            f"{done} was run with other settings ({record.get('fingerprint')}); "
+            "use another --output_dir or delete that cell"
+        )
+    return record
 
 
 def cell_dir(root: Path, method: str, budget: int, seed: int, lr: float) -> Path:
@@ -101,13 +122,8 @@ def run_cell(
     done = folder / "cell.json"
     cfg = replace(base, output_dir=str(folder / "run"), **overrides)
     key = _fingerprint(cfg, test_file)
-    if done.is_file():
-        record = json.loads(done.read_text())
-        if record.get("fingerprint") != key:
-            raise RecipeError(
-                f"{done} was run with other settings ({record.get('fingerprint')}); "
-                "use another --output_dir or delete that cell"
-            )
+    record = finished_cell(done, key)
+    if record is not None:
         return record
     exact_peak = reset_peak_rss()
     result = run_finetune(cfg)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recipes.common import RecipeError, save_json
+from recipes.common import save_json
 
 __all__ = ["VARIANTS", "run_lipschitz_cell"]
 
@@ -31,15 +31,11 @@ def run_lipschitz_cell(
     """Train and certify one LipConvNet (or load its finished ``cell.json``)."""
     done = folder / "cell.json"
     key = json.dumps({"depth": depth, "channels": channels, "epochs": epochs, "batch": batch})
-    if done.is_file():
-        record = json.loads(done.read_text())
-        if record.get("fingerprint") != key:
-            raise RecipeError(
-                f"{done} was run with other settings ({record.get('fingerprint')}); "
-                "use another --output_dir or delete that cell"
-            )
+    from recipes.compare.cells import finished_cell, peak_rss_mb, reset_peak_rss
+
+    record = finished_cell(done, key)
+    if record is not None:
         return record
-    from recipes.compare.cells import peak_rss_mb, reset_peak_rss
     from recipes.lipconvnet.train import LipConvNetConfig
     from recipes.lipconvnet.train import run as run_lipconvnet
 
