@@ -36,8 +36,8 @@ def _minilm_steps(bench) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from integrations.peft import make_peft_config
     from recipes.demo.__main__ import minilm_dir
+    from sorth.integrations.peft import make_peft_config
 
     base = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=2)
     ids = torch.randint(0, 30000, (16, 64))
