@@ -20,4 +20,4 @@ VPY="$WORK/venv/bin/python"
 "$VPY" -m pip install -q -c "$REPO/constraints.txt" "sorth[all] @ file://$WHEEL"
 mkdir "$WORK/run"
 cd "$WORK/run"   # nothing of the clone on sys.path
-OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 "$VPY" -I "$REPO/scripts/test_wheel.py" "$REPO/README.md"
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1 "$VPY" -I -u "$REPO/scripts/test_wheel.py" "$REPO/README.md"
