@@ -16,6 +16,7 @@ RECIPES = [
     "recipes.lipconvnet.train",  # regression: a '%' in a help string crashed --help
     "recipes.demo",
     "recipes.benchmark",
+    "recipes.compare",
 ]
 COMMANDS = [[], ["inspect"], ["merge"], ["plot"], ["demo"]]
 
