@@ -29,6 +29,7 @@ from recipes.common import RecipeError, atomic_dir, save_json
 __all__ = [
     "RUN_CONTROL",
     "claim_output_dir",
+    "commit_output_dir",
     "fast_forward",
     "find_checkpoint",
     "load_checkpoint",
@@ -65,16 +66,14 @@ def run_fingerprint(cfg: Any) -> tuple[str, dict[str, Any]]:
     return digest, options
 
 
-def claim_output_dir(
-    cfg: Any, outputs: Sequence[str], *, main_process: bool = True
-) -> tuple[Path, str]:
+def claim_output_dir(cfg: Any, outputs: Sequence[str], *, write: bool = True) -> tuple[Path, str]:
     """Apply the output-folder policy to ``cfg.output_dir``; return ``(folder, run id)``.
 
     ``outputs`` are the names the recipe writes in the folder (``adapter``, ``checkpoints``,
     ``metrics.json``, ...). Refused, with nothing touched: a path that is a file; a folder
     holding another run's outputs without ``--overwrite_output_dir``; resuming a run whose
     options differ (named in the message). With ``--overwrite_output_dir`` the old outputs are
-    removed (other files in the folder are kept). Writes ``run.json`` on the main process.
+    removed (other files in the folder are kept). Writes ``run.json`` when ``write``.
     """
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
@@ -108,13 +107,24 @@ def claim_output_dir(
             "pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to "
             "replace it, or another folder"
         )
-    if main_process:
+    if write:
         if overwrite:
             for name in present:
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         save_json({"run": run_id, "options": options}, out / RUN_FILE)
     return out, run_id
+
+
+def commit_output_dir(cfg: Any, outputs: Sequence[str], accelerator: Any) -> Path:
+    """After the checks of :func:`claim_output_dir` (every rank, before any work): the main
+    process applies the policy (``--overwrite_output_dir`` removals) and writes ``run.json``;
+    every rank waits for it. The other ranks do not check again: they would see the main
+    process's fresh ``run.json`` as another run's and refuse."""
+    if accelerator.is_main_process:
+        claim_output_dir(cfg, outputs)
+    accelerator.wait_for_everyone()
+    return Path(cfg.output_dir).expanduser()
 
 
 def _read_run(out: Path) -> dict[str, Any] | None:

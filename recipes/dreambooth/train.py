@@ -40,6 +40,7 @@ from recipes.common import (
 from recipes.dreambooth.data import DreamBoothDataset, list_images
 from recipes.training import (
     claim_output_dir,
+    commit_output_dir,
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
@@ -307,7 +308,7 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         seed=cfg.seed,
     )
-    _, run_id = claim_output_dir(cfg, OUTPUTS, main_process=False)  # refuse before any work
+    _, run_id = claim_output_dir(cfg, OUTPUTS, write=False)  # refuse before any work
     resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         cfg.mixed_precision, torch.float32
@@ -358,8 +359,7 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     if resume is not None:
         state = load_checkpoint(resume, holder, optimizer, run_id=run_id)
         step, history = state["step"], state.get("history", [])
-    out, _ = claim_output_dir(cfg, OUTPUTS, main_process=accelerator.is_main_process)  # writes
-    accelerator.wait_for_everyone()
+    out = commit_output_dir(cfg, OUTPUTS, accelerator)  # main process writes run.json
     timer = StepTimer()
     bar = tqdm(
         total=cfg.max_train_steps,

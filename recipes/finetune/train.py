@@ -40,6 +40,7 @@ from recipes.common import (
 from recipes.finetune.data import TextData, load_table, tokenize_causal, tokenize_classification
 from recipes.training import (
     claim_output_dir,
+    commit_output_dir,
     fast_forward,
     find_checkpoint,
     load_checkpoint,
@@ -353,7 +354,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         seed=cfg.seed,
     )
-    _, run_id = claim_output_dir(cfg, OUTPUTS, main_process=False)  # refuse before any work
+    _, run_id = claim_output_dir(cfg, OUTPUTS, write=False)  # refuse before any work
     resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     tokenizer = _load_tokenizer(cfg)
     data = _prepare_data(cfg, tokenizer)
@@ -379,8 +380,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer, run_id=run_id)
         step, history = state["step"], state.get("history", [])
         fast_forward(scheduler, step)
-    out, _ = claim_output_dir(cfg, OUTPUTS, main_process=accelerator.is_main_process)  # writes
-    accelerator.wait_for_everyone()
+    out = commit_output_dir(cfg, OUTPUTS, accelerator)  # main process writes run.json
     metric, higher = _metric(cfg, data.num_labels)
     best = max if higher else min
     eval_every = cfg.eval_steps or per_epoch

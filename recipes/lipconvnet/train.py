@@ -37,6 +37,7 @@ from recipes.common import (
 )
 from recipes.training import (
     claim_output_dir,
+    commit_output_dir,
     fast_forward,
     find_checkpoint,
     load_checkpoint,
@@ -197,7 +198,7 @@ def run(cfg: LipConvNetConfig) -> dict[str, Any]:
 
     if not cfg.output_dir:
         raise RecipeError("--output_dir is required (see --help)")
-    _, run_id = claim_output_dir(cfg, OUTPUTS, main_process=False)  # refuse before any work
+    _, run_id = claim_output_dir(cfg, OUTPUTS, write=False)  # refuse before any work
     resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     accelerator = make_accelerator(seed=cfg.seed)
     train, test, channels, classes = _datasets(cfg)
@@ -224,8 +225,7 @@ def run(cfg: LipConvNetConfig) -> dict[str, Any]:
         state = load_checkpoint(resume, accelerator.unwrap_model(model), optimizer, run_id=run_id)
         step, history = state["step"], state.get("history", [])
         fast_forward(scheduler, state.get("epoch", 0))
-    out, _ = claim_output_dir(cfg, OUTPUTS, main_process=accelerator.is_main_process)  # writes
-    accelerator.wait_for_everyone()
+    out = commit_output_dir(cfg, OUTPUTS, accelerator)  # main process writes run.json
     timer = StepTimer()
     show = cfg.progress and accelerator.is_local_main_process
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
