@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
@@ -25,11 +24,7 @@ BERT_TARGETS = ["query", "key", "value", "output.dense", "intermediate.dense"]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("sorth_benchmark", ROOT / "recipes/benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("recipes.benchmark")  # a module of the checkout's recipes
 
 
 def _minilm_steps(bench) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("sorth_benchmark", ROOT / "recipes/benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("recipes.benchmark")  # a module of the checkout's recipes
 
 
 TINY = ["--hidden", "64", "--layers", "1", "--tokens", "8", "--block-size", "8"]
