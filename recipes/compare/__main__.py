@@ -114,6 +114,24 @@ def _pinned(cfg: CompareConfig) -> dict[str, dict[int, tuple[int, int | None]]]:
     return pinned
 
 
+def _distinct_sizes(
+    groups: list[tuple[str, int]], picked: dict[str, dict[int, tuple[int, int | None]]],
+    log: Any = print,
+) -> list[tuple[str, int]]:
+    """Drop ``(method, budget)`` when the size picked for it was already picked for a smaller
+    budget (e.g. RoAd's largest variant is the closest to every budget): the same run twice
+    would be one row shown twice, so the larger budget simply has no row for that method."""
+    kept, seen = [], set()
+    for name, budget in sorted(groups, key=lambda g: (g[1], 0)):
+        size = picked[name][budget][0]
+        if (name, size) in seen:
+            log(f"  {name}: budget {budget:,} picks the size already run ({size}); no row there")
+            continue
+        seen.add((name, size))
+        kept.append((name, budget))
+    return [g for g in groups if g in kept]
+
+
 def _run_spam(cfg: CompareConfig, out: Path) -> None:
     from recipes.compare.cells import cell_dir, run_cell
     from recipes.compare.data import write_splits
@@ -138,6 +156,7 @@ def _run_spam(cfg: CompareConfig, out: Path) -> None:
     for name in dict.fromkeys(m for m, _ in groups if m not in picked):
         picked[name] = match_budget(model, METHODS[name], cfg.budgets, cfg.target_modules,
                                     out / "param_counts" / f"{name}.json")  # fmt: skip
+    groups = _distinct_sizes(groups, picked)
     seeds = list(range(cfg.seeds))  # the sweep runs on seed 0
     for i, (name, budget) in enumerate(groups):
         method = METHODS[name]

@@ -164,3 +164,17 @@ def test_every_method_and_both_lipconvnet_kinds_run(tiny_roberta_dir, tmp_path):
     for r in lip.values():
         assert r["certified_mean"] <= r["clean_mean"]
     assert (out / "lipschitz.png").stat().st_size > 0
+
+
+def test_a_size_picked_for_two_budgets_runs_once():
+    """RoAd's largest variant is the closest to both budgets: one row, not the same run twice."""
+    from recipes.compare.__main__ import _distinct_sizes
+
+    groups = [("peft_road", 150_000), ("peft_road", 600_000), ("gsoft", 150_000),
+              ("gsoft", 600_000)]  # fmt: skip
+    picked = {"peft_road": {150_000: (4, 83_714), 600_000: (4, 83_714)},
+              "gsoft": {150_000: (8, 166_658), 600_000: (32, 664_322)}}  # fmt: skip
+    lines: list[str] = []
+    kept = _distinct_sizes(groups, picked, log=lines.append)
+    assert kept == [("peft_road", 150_000), ("gsoft", 150_000), ("gsoft", 600_000)]
+    assert len(lines) == 1 and "peft_road" in lines[0] and "600,000" in lines[0]
