@@ -125,6 +125,8 @@ def run_cell(
     record = finished_cell(done, key)
     if record is not None:
         return record
+    if (folder / "run" / "run.json").is_file():  # interrupted before cell.json: run it again
+        cfg = replace(cfg, overwrite_output_dir=True)  # (the key above is the settings' own)
     exact_peak = reset_peak_rss()
     result = run_finetune(cfg)
     peak = peak_rss_mb()

@@ -127,6 +127,12 @@ def test_compare_end_to_end_resumes_and_refuses_mixed_settings(tiny_roberta_dir,
     with pytest.raises(SystemExit) as exit_info:
         main(_args(tiny_roberta_dir, data, out, "--batch_size", "4"))
     assert exit_info.value.code == 2
+    # a cell interrupted after its run started (run.json, no cell.json) is simply run again
+    # (the finetune recipe refused the folder it had claimed, and the whole command stopped)
+    cells[-1].unlink()
+    again = main(_args(tiny_roberta_dir, data, out))["spam"]
+    assert cells[-1].is_file() and again[0]["seeds"] == [0, 1]
+    assert [p.stat().st_mtime_ns for p in cells[:-1]] == stamps[:-1]
 
 
 def test_bad_sizes_fail_before_anything_is_written(tmp_path):
