@@ -131,7 +131,8 @@ def test_compare_end_to_end_resumes_and_refuses_mixed_settings(tiny_roberta_dir,
     # (the finetune recipe refused the folder it had claimed, and the whole command stopped)
     cells[-1].unlink()
     again = main(_args(tiny_roberta_dir, data, out))["spam"]
-    assert cells[-1].is_file() and again[0]["seeds"] == [0, 1]
+    assert cells[-1].is_file()
+    assert again[0]["seeds"] == [0, 1]
     assert [p.stat().st_mtime_ns for p in cells[:-1]] == stamps[:-1]
 
 
@@ -183,4 +184,6 @@ def test_a_size_picked_for_two_budgets_runs_once():
     lines: list[str] = []
     kept = _distinct_sizes(groups, picked, log=lines.append)
     assert kept == [("peft_road", 150_000), ("gsoft", 150_000), ("gsoft", 600_000)]
-    assert len(lines) == 1 and "peft_road" in lines[0] and "600,000" in lines[0]
+    assert len(lines) == 1
+    assert "peft_road" in lines[0]
+    assert "600,000" in lines[0]
