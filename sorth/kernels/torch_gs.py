@@ -49,8 +49,13 @@ def torch_gs_apply(
 # narrow blocks into one block-diagonal ``g·b`` block (fewer, wider ``bmm``; g = 2, 4 at b = 8):
 # 1.10–1.23× slower; ``torch.compile`` of this kernel: the multiply alone at b = 8 0.77× (inductor
 # writes the small-K products as C++ loops), at b = 32 0.97×, but the whole MiniLM training step
-# 1.13–1.18× slower, and it needs a C++ compiler at run time. On CUDA the dispatch sends fp16/bf16
-# two-factor chains to the fused Triton kernel instead (Note [Triton GS] in ``triton_gs``).
+# 1.13–1.18× slower, and it needs a C++ compiler at run time. Also dropped (2026-12-02, paired,
+# one thread, ``python -m tests.perf.bench_grouped_qkv``): q/k/v's three rotations of one input as
+# one ``(3n) × n`` chain (stacked factors, gathers between them): 0.96× the three separate calls
+# at n = 1024, b = 32, 512 tokens and 0.985× at n = 384, b = 8, 1024 tokens, i.e. under 1% of a
+# training step, for a tuner that would have to group layers. On CUDA the dispatch sends
+# fp16/bf16 two-factor chains to the fused Triton kernel instead (Note [Triton GS] in
+# ``triton_gs``).
 
 
 def _row_blocks(T: torch.Tensor, s: Shuffle, k: int) -> torch.Tensor:
