@@ -115,7 +115,8 @@ def _pinned(cfg: CompareConfig) -> dict[str, dict[int, tuple[int, int | None]]]:
 
 
 def _distinct_sizes(
-    groups: list[tuple[str, int]], picked: dict[str, dict[int, tuple[int, int | None]]],
+    groups: list[tuple[str, int]],
+    picked: dict[str, dict[int, tuple[int, int | None]]],
     log: Any = print,
 ) -> list[tuple[str, int]]:
     """Drop ``(method, budget)`` when the size picked for it was already picked for a smaller

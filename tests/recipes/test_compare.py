@@ -177,4 +177,6 @@ def test_a_size_picked_for_two_budgets_runs_once():
     lines: list[str] = []
     kept = _distinct_sizes(groups, picked, log=lines.append)
     assert kept == [("peft_road", 150_000), ("gsoft", 150_000), ("gsoft", 600_000)]
-    assert len(lines) == 1 and "peft_road" in lines[0] and "600,000" in lines[0]
+    assert len(lines) == 1
+    assert "peft_road" in lines[0]
+    assert "600,000" in lines[0]
