@@ -4,7 +4,9 @@
   written: ``--output_dir`` must be a folder (not a file); a folder that already holds a run is
   refused unless the run is resumed (``--resume_from_checkpoint``, same options) or replaced
   (``--overwrite_output_dir``, which removes the old run's outputs first). ``run.json`` records
-  which run a folder holds, so one run's checkpoints are never mixed with another's.
+  which run a folder holds, so one run's checkpoints are never mixed with another's. The two
+  flags are declared here once: :func:`resume_from_checkpoint_option`,
+  :func:`overwrite_output_dir_option`.
 * :func:`save_checkpoint` / :func:`load_checkpoint` — ``checkpoints/checkpoint-N`` written
   atomically; loading checks every file, key, shape and the run it belongs to, and turns any
   damage into one :class:`~recipes.common.RecipeError` (one line, exit status 2).
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recipes.common import RecipeError, atomic_dir, save_json
+from recipes.common import RecipeError, atomic_dir, option, save_json
 
 __all__ = [
     "RUN_CONTROL",
@@ -34,6 +36,8 @@ __all__ = [
     "find_checkpoint",
     "load_checkpoint",
     "make_accelerator",
+    "overwrite_output_dir_option",
+    "resume_from_checkpoint_option",
     "resume_position",
     "run_fingerprint",
     "save_checkpoint",
@@ -56,6 +60,18 @@ RUN_CONTROL = frozenset(
 
 
 # --------------------------------------------------------------------------- output folder
+
+
+def resume_from_checkpoint_option() -> Any:
+    """The ``--resume_from_checkpoint`` field of a recipe's config (resolved by
+    :func:`find_checkpoint`, checked against the folder's run by :func:`claim_output_dir`)."""
+    return option("", "'latest' or a checkpoint folder to resume from.")
+
+
+def overwrite_output_dir_option(outputs: str) -> Any:
+    """The ``--overwrite_output_dir`` field of a recipe's config (off by default); ``outputs``
+    names, for ``--help``, what :func:`claim_output_dir` then removes from the folder."""
+    return option(False, f"Replace the run already in --output_dir ({outputs}).")
 
 
 def run_fingerprint(cfg: Any) -> tuple[str, dict[str, Any]]:

@@ -44,6 +44,8 @@ from recipes.training import (
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
+    overwrite_output_dir_option,
+    resume_from_checkpoint_option,
     save_checkpoint,
     train_steps,
 )
@@ -108,10 +110,8 @@ class DreamBoothConfig:
         500, "Save a resumable checkpoint every N steps (0: off).", low=0
     )
     checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
-    resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
-    overwrite_output_dir: bool = option(
-        False, "Replace the run already in --output_dir (adapter, metrics, checkpoints, grids)."
-    )
+    resume_from_checkpoint: str = resume_from_checkpoint_option()
+    overwrite_output_dir: bool = overwrite_output_dir_option("adapter, metrics, checkpoints, grids")
     validation_prompts: tuple[str, ...] = option((), "Prompts rendered every --validation_steps.")
     validation_steps: int = option(500, "Render validation grids every N steps (0: off).", low=0)
     num_validation_images: int = option(4, "Images per validation prompt.", low=1)

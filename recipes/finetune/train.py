@@ -45,6 +45,8 @@ from recipes.training import (
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
+    overwrite_output_dir_option,
+    resume_from_checkpoint_option,
     save_checkpoint,
     steps_per_epoch,
     train_steps,
@@ -119,10 +121,8 @@ class FinetuneConfig:
         0, "Save a resumable checkpoint every N steps (0: off).", low=0
     )
     checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
-    resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
-    overwrite_output_dir: bool = option(
-        False, "Replace the run already in --output_dir (its adapter, metrics and checkpoints)."
-    )
+    resume_from_checkpoint: str = resume_from_checkpoint_option()
+    overwrite_output_dir: bool = overwrite_output_dir_option("its adapter, metrics and checkpoints")
     export_merged: bool = option(False, "Also save the merged model (zero inference overhead).")
     load_in_4bit: bool = option(False, "QGSOFT: bitsandbytes NF4 base (bf16 compute on GPU).")
     load_in_8bit: bool = option(False, "QGSOFT: bitsandbytes int8 (LLM.int8()) base.")

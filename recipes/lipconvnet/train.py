@@ -42,6 +42,8 @@ from recipes.training import (
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
+    overwrite_output_dir_option,
+    resume_from_checkpoint_option,
     save_checkpoint,
     train_steps,
 )
@@ -92,10 +94,8 @@ class LipConvNetConfig:
     )
     eps: float = option(36 / 255, "ℓ2 radius for the certified accuracy.", low=0, low_open=True)
     checkpoints_total_limit: int = option(2, "Keep at most this many per-epoch checkpoints.", low=1)
-    resume_from_checkpoint: str = option("", "'latest' or a checkpoint folder to resume from.")
-    overwrite_output_dir: bool = option(
-        False, "Replace the run already in --output_dir (model, metrics, curves, checkpoints)."
-    )
+    resume_from_checkpoint: str = resume_from_checkpoint_option()
+    overwrite_output_dir: bool = overwrite_output_dir_option("model, metrics, curves, checkpoints")
     seed: int = option(0, "Random seed.", low=0)
     progress: bool = option(True, "Show tqdm progress bars.")
 

@@ -38,8 +38,8 @@ import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from sorth.tuner.layer import NAN_MESSAGE
 from sorth.tuner.layer_types import Linear
+from sorth.tuner.merge import NAN_MESSAGE
 
 __all__ = [
     "SUPPORTED_QUANTIZED",

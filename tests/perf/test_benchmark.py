@@ -1,4 +1,4 @@
-"""Smoke test of ``recipes/benchmark.py`` on tiny sizes: it runs and writes its outputs.
+"""Smoke test of ``recipes.benchmark`` on tiny sizes: it runs and writes its outputs.
 
 No timing is asserted (CI machines are noisy); only that every figure is produced.
 """
