@@ -65,7 +65,7 @@ def main() -> None:
         s, _ = bench.parse(["--threads", str(a.threads)])
         w = bench.llama_workload(1024, 2, 512, 1, "cpu")
         steps = {"lora": bench.make_step(bench.wrap("lora", w, s), w)}
-        steps["gsoft"] = bench.make_step(bench.wrap("gs", w, s), w)
+        steps["gsoft"] = bench.make_step(bench.wrap("gsoft", w, s), w)
     t = bench.interleaved(steps, a.reps, 2, "cpu")
     lora, gs = (1e3 * bench.median(t[k]) for k in ("lora", "gsoft"))
     ratio = bench.paired_ratio(t["gsoft"], t["lora"])
