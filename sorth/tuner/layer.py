@@ -125,6 +125,8 @@ class SOrthLayer(WeightMerge, BaseTunerLayer):
     # apply every adapter to the weight inside the forward (the merge's own arithmetic, so the
     # merged layer gives the same numbers); Conv2d, whose weight is small next to its activations
     _fold_in_forward: bool = False
+    # the frozen op is an autocast op (linear, addmm, conv2d): under autocast it gets x as is
+    _frozen_op_autocasts: bool = True
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
@@ -234,7 +236,16 @@ class SOrthLayer(WeightMerge, BaseTunerLayer):
         shape[self._act_dim] = -1
         return v.view(shape)
 
-    def _rotate_act(self, h: torch.Tensor, A: GSMatrix) -> torch.Tensor:
+    def _rotate_act(self, h: torch.Tensor, A: GSMatrix, layer_input: bool) -> torch.Tensor:
+        """``A h`` along the activation feature dim, ``h`` first in the dtype the multiply runs
+        in: under autocast the autocast dtype (the dispatch casts the factors there, once), so a
+        bf16 activation is not widened to the adapter's float32 only to be cast back; otherwise
+        the adapter's dtype (for the layer's input, PEFT's ``cast_input_dtype`` switch applies)."""
+        device = h.device.type
+        if h.is_floating_point() and torch.is_autocast_enabled(device):
+            h = h.to(torch.get_autocast_dtype(device))
+        else:
+            h = self._cast_input_dtype(h, A.dtype) if layer_input else h.to(A.dtype)
         return A.apply(h.movedim(self._act_dim, -1)).movedim(-1, self._act_dim)
 
     def _adapter_dtype(self, name: str) -> torch.dtype:
@@ -277,13 +288,16 @@ class SOrthLayer(WeightMerge, BaseTunerLayer):
             if self.sorth_on_weight[name]:
                 W = self._from_in_rows(self._in_rows(W, True).to(A.dtype) @ A, W, True)
             else:
-                x = self._rotate_act(self._cast_input_dtype(x, A.dtype), A)
+                x = self._rotate_act(x, A, layer_input=True)
         op_dtype = self._frozen_dtype(previous_dtype)
         if W is not base.weight:  # rotated on the weight (Conv2d filter side)
             W = W.to(op_dtype)
         bias = getattr(base, "bias", None)
         after = [n for n in adapters if n in self.sorth_out or n in self.sorth_s]
-        x = x.to(op_dtype) if x.is_floating_point() else x
+        if x.is_floating_point() and not (
+            self._frozen_op_autocasts and torch.is_autocast_enabled(x.device.type)
+        ):  # (under autocast the frozen op casts x itself: no widening and casting back)
+            x = x.to(op_dtype)
         if not after:  # nothing after the frozen op: its own fused bias
             b = None if bias is None else bias.to(op_dtype)
             return self._linear(x, W, b).to(previous_dtype)
@@ -292,7 +306,7 @@ class SOrthLayer(WeightMerge, BaseTunerLayer):
             dtype = self._adapter_dtype(name)
             A = self._matrix(self.sorth_out, name, dtype)
             if A is not None:
-                h = self._rotate_act(h.to(dtype), A)
+                h = self._rotate_act(h, A, layer_input=False)
             if name in self.sorth_s:
                 s = self._along_act(self.sorth_s[name].to(h.dtype), h.dim())
                 last = bias is not None and name == after[-1]

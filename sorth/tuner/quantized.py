@@ -222,6 +222,7 @@ class _QuantizedLinear(Linear):
     merge, and an exact unmerge from the kept pre-merge weight."""
 
     _pre_merge: tuple[Any, ...] | None = None
+    _frozen_op_autocasts = False  # bitsandbytes' matmuls take x in the compute dtype
 
     def _frozen_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
         return x_dtype

@@ -95,3 +95,45 @@ def test_cpu_autocast_bf16() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y_auto = ref(x)
     torch.testing.assert_close(y_auto.float(), y, **tol_vs_float64(torch.bfloat16))
+
+
+class _WideningCopies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts copies that widen a bf16 tensor of ``numel`` elements to float32."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        src = args[0] if args else None
+        if (
+            func is torch.ops.aten._to_copy.default
+            and isinstance(src, torch.Tensor)
+            and src.dtype == torch.bfloat16
+            and out.dtype == torch.float32
+            and out.numel() == self.numel
+        ):
+            self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("side", ["input", "output", "both"])
+def test_autocast_activations_are_not_widened_and_cast_back(side: str) -> None:
+    """Under bf16 autocast a bf16 activation goes to the GS multiply (and the frozen linear) as
+    is: the tuner used to widen it to the adapters' float32, which the dispatch (and autocast)
+    then cast straight back to bf16 — two extra passes over the activations per rotation."""
+    model = get_peft_model(MLP(), SOrthConfig(target_modules=["lin1"], side=side, block_size=4))
+    lin1 = model.base_model.model.lin1
+    x = torch.randn(6, lin1.in_features, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16), _WideningCopies(x.numel()) as widen_in:
+        y = lin1(x)
+    assert widen_in.count == 0
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()  # gradients still reach the float32 adapter parameters
+    grads = [p.grad for n, p in model.named_parameters() if "sorth_" in n]
+    assert grads
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    with torch.no_grad():
+        ref = lin1(x.float())
+    torch.testing.assert_close(y.float(), ref, **tol_vs_float64(torch.bfloat16))
