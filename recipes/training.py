@@ -25,17 +25,18 @@ from typing import Any
 from recipes.common import RecipeError, atomic_dir
 from recipes.output_dir import (
     RUN_CONTROL,
-    RUN_FILE,
     claim_output_dir,
     commit_output_dir,
     overwrite_output_dir_option,
     resume_from_checkpoint_option,
     run_fingerprint,
 )
+from recipes.output_dir import RUN_FILE as RUN_FILE  # re-export: was defined here
+from recipes.output_dir import _differences as _differences  # re-export: was defined here
+from recipes.output_dir import _read_run as _read_run  # re-export: was defined here
 
 __all__ = [
     "RUN_CONTROL",
-    "RUN_FILE",
     "claim_output_dir",
     "commit_output_dir",
     "fast_forward",
