@@ -3,8 +3,8 @@
 A recipe is ``main(argv)`` decorated with :func:`cli`; its options are a frozen dataclass whose
 fields are declared with :func:`option` (help text, choices, numeric range). Everything the
 recipe writes goes through :func:`atomic_dir` / :func:`atomic_file`, so an interrupted run never
-leaves a half-written adapter; the output-folder policy, checkpoints and the training loop are in
-:mod:`recipes.training`.
+leaves a half-written adapter; the output-folder policy is in :mod:`recipes.output_dir`,
+checkpoints and the training loop in :mod:`recipes.training`.
 
 User mistakes (missing folders, unreachable hub ids, empty data, wrong columns, out-of-range
 flags) are raised as :class:`RecipeError` and reported as one line on stderr with exit status 2,

@@ -1,23 +1,19 @@
-"""Training plumbing shared by the recipes: one run per output folder, checkpoints, the step loop.
+"""Training plumbing shared by the recipes: the accelerator, checkpoints, the step loop.
 
-* :func:`claim_output_dir` — the output-folder policy, applied before anything is trained or
-  written: ``--output_dir`` must be a folder (not a file); a folder that already holds a run is
-  refused unless the run is resumed (``--resume_from_checkpoint``, same options) or replaced
-  (``--overwrite_output_dir``, which removes the old run's outputs first). ``run.json`` records
-  which run a folder holds, so one run's checkpoints are never mixed with another's. The two
-  flags are declared here once: :func:`resume_from_checkpoint_option`,
-  :func:`overwrite_output_dir_option`.
+* :func:`make_accelerator` — the run's ``accelerate.Accelerator``, every process seeded alike.
 * :func:`save_checkpoint` / :func:`load_checkpoint` — ``checkpoints/checkpoint-N`` written
   atomically; loading checks every file, key, shape and the run it belongs to, and turns any
   damage into one :class:`~recipes.common.RecipeError` (one line, exit status 2).
 * :func:`train_steps` — the accumulate / clip / step / checkpoint loop of every recipe, with one
   resume formula (:func:`resume_position`).
+
+The output-folder policy (``run.json``, :func:`claim_output_dir`, :func:`commit_output_dir`, the
+``--resume_from_checkpoint`` / ``--overwrite_output_dir`` fields) is :mod:`recipes.output_dir`;
+its names are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -26,7 +22,18 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recipes.common import RecipeError, atomic_dir, option, save_json
+from recipes.common import RecipeError, atomic_dir
+from recipes.output_dir import (
+    RUN_CONTROL,
+    claim_output_dir,
+    commit_output_dir,
+    overwrite_output_dir_option,
+    resume_from_checkpoint_option,
+    run_fingerprint,
+)
+from recipes.output_dir import RUN_FILE as RUN_FILE  # re-export: was defined here
+from recipes.output_dir import _differences as _differences  # re-export: was defined here
+from recipes.output_dir import _read_run as _read_run  # re-export: was defined here
 
 __all__ = [
     "RUN_CONTROL",
@@ -44,117 +51,6 @@ __all__ = [
     "train_steps",
     "trainable_state_dict",
 ]
-
-RUN_FILE = "run.json"
-# options that may change when a run is resumed (where it lives, how long, how often to report
-# or save); every other option must match the run in the folder
-RUN_CONTROL = frozenset(
-    {
-        "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress",
-        "checkpoints_total_limit",
-        "checkpointing_steps", "max_steps", "epochs", "max_train_steps", "eval_steps",
-        "eval_before", "validation_steps", "validation_prompts", "num_validation_images",
-        "export_merged",
-    }
-)  # fmt: skip
-
-
-# --------------------------------------------------------------------------- output folder
-
-
-def resume_from_checkpoint_option() -> Any:
-    """The ``--resume_from_checkpoint`` field of a recipe's config (resolved by
-    :func:`find_checkpoint`, checked against the folder's run by :func:`claim_output_dir`)."""
-    return option("", "'latest' or a checkpoint folder to resume from.")
-
-
-def overwrite_output_dir_option(outputs: str) -> Any:
-    """The ``--overwrite_output_dir`` field of a recipe's config (off by default); ``outputs``
-    names, for ``--help``, what :func:`claim_output_dir` then removes from the folder."""
-    return option(False, f"Replace the run already in --output_dir ({outputs}).")
-
-
-def run_fingerprint(cfg: Any) -> tuple[str, dict[str, Any]]:
-    """``(hash, options)`` of the options that define a run (all but :data:`RUN_CONTROL`)."""
-    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_CONTROL}
-    options = json.loads(json.dumps(options, default=str))  # tuples -> lists, as saved
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
-    return digest, options
-
-
-def claim_output_dir(cfg: Any, outputs: Sequence[str], *, write: bool = True) -> tuple[Path, str]:
-    """Apply the output-folder policy to ``cfg.output_dir``; return ``(folder, run id)``.
-
-    ``outputs`` are the names the recipe writes in the folder (``adapter``, ``checkpoints``,
-    ``metrics.json``, ...). Refused, with nothing touched: a path that is a file; a folder
-    holding another run's outputs without ``--overwrite_output_dir``; resuming a run whose
-    options differ (named in the message). With ``--overwrite_output_dir`` the old outputs are
-    removed (other files in the folder are kept). Writes ``run.json`` when ``write``.
-    """
-    out = Path(cfg.output_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise RecipeError(f"--output_dir '{cfg.output_dir}' is a file; pass a folder")
-    run_id, options = run_fingerprint(cfg)
-    present = [n for n in (RUN_FILE, *outputs) if (out / n).exists()] if out.is_dir() else []
-    resume = bool(getattr(cfg, "resume_from_checkpoint", ""))
-    overwrite = bool(getattr(cfg, "overwrite_output_dir", False))
-    if overwrite and getattr(cfg, "resume_from_checkpoint", "") == "latest":
-        raise RecipeError(
-            "--overwrite_output_dir removes the checkpoints --resume_from_checkpoint latest "
-            "would continue from: pass only one"
-        )
-    if present and resume and not overwrite:
-        saved = _read_run(out)
-        if saved is None:
-            raise RecipeError(
-                f"--output_dir '{cfg.output_dir}' holds outputs ({', '.join(present)}) but no "
-                f"{RUN_FILE}, so it cannot be resumed safely; pass --overwrite_output_dir or "
-                "another folder"
-            )
-        if saved.get("run") != run_id:
-            raise RecipeError(
-                f"--resume_from_checkpoint: '{cfg.output_dir}' holds a run with other options "
-                f"({_differences(saved.get('options', {}), options)}); resume with the same "
-                "options, or pass --overwrite_output_dir or another --output_dir"
-            )
-    elif present and not overwrite:
-        raise RecipeError(
-            f"--output_dir '{cfg.output_dir}' already holds a run ({', '.join(present)}); "
-            "pass --resume_from_checkpoint latest to continue it, --overwrite_output_dir to "
-            "replace it, or another folder"
-        )
-    if write:
-        if overwrite:
-            for name in present:
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        save_json({"run": run_id, "options": options}, out / RUN_FILE)
-    return out, run_id
-
-
-def commit_output_dir(cfg: Any, outputs: Sequence[str], accelerator: Any) -> Path:
-    """After the checks of :func:`claim_output_dir` (every rank, before any work): the main
-    process applies the policy (``--overwrite_output_dir`` removals) and writes ``run.json``;
-    every rank waits for it. The other ranks do not check again: they would see the main
-    process's fresh ``run.json`` as another run's and refuse."""
-    if accelerator.is_main_process:
-        claim_output_dir(cfg, outputs)
-    accelerator.wait_for_everyone()
-    return Path(cfg.output_dir).expanduser()
-
-
-def _read_run(out: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((out / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _differences(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    keys = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
-    shown = [f"--{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in keys[:3]]
-    return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 # --------------------------------------------------------------------------- accelerator

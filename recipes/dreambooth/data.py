@@ -1,4 +1,7 @@
-"""DreamBooth images without torchvision: PIL + numpy resize, crop, flip, scale to [-1, 1]."""
+"""DreamBooth images without torchvision: PIL + numpy resize, crop, flip, scale to [-1, 1].
+
+:class:`DreamBoothDataset` pairs them with the prompt's token ids (:func:`_tokenize`).
+"""
 
 from __future__ import annotations
 
@@ -106,3 +109,14 @@ class DreamBoothDataset:
             r["class_input_ids"] for r in rows if "class_input_ids" in r
         ]
         return {"pixel_values": torch.stack(pixels), "input_ids": torch.stack(ids)}
+
+
+def _tokenize(tokenizer: Any, prompt: str) -> Any:
+    ids = tokenizer(
+        prompt,
+        padding="max_length",
+        truncation=True,
+        max_length=tokenizer.model_max_length,
+        return_tensors="pt",
+    )
+    return ids.input_ids[0]

@@ -39,7 +39,7 @@ from recipes.common import (
     require_dir,
 )
 from recipes.dreambooth.data import list_images
-from recipes.dreambooth.train import image_grid
+from recipes.dreambooth.sampling import image_grid
 from sorth.integrations.diffusers import load_sorth_into_pipeline
 
 __all__ = ["EvalConfig", "clip_scores", "dino_score", "main", "run"]

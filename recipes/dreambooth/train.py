@@ -13,11 +13,15 @@ Outputs in ``--output_dir``: ``adapter/`` (``unet/`` and optionally ``text_encod
 folders plus ``dreambooth.json``; load with
 ``sorth.integrations.diffusers.load_sorth_into_pipeline``),
 ``validation/step-N.png`` grids, ``metrics.json`` and resumable ``checkpoints/checkpoint-N``.
+
+This module holds the options (:class:`DreamBoothConfig`), the loss, the run and the command
+line; the images and prompt ids are :mod:`recipes.dreambooth.data`, the Stable Diffusion parts
+and adapters :mod:`recipes.dreambooth.model`, class images and validation grids
+:mod:`recipes.dreambooth.sampling`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,29 +32,33 @@ from recipes.common import (
     RecipeError,
     StepTimer,
     atomic_dir,
-    atomic_file,
     block_sizes,
     cli,
     option,
     parse_config,
-    require_dir,
     require_options,
     save_json,
 )
-from recipes.dreambooth.data import DreamBoothDataset, list_images
-from recipes.training import (
+from recipes.dreambooth.data import DreamBoothDataset, _tokenize, list_images
+from recipes.dreambooth.model import _adapt, load_components
+from recipes.dreambooth.sampling import _class_images, _eval_parts, _validate, image_grid
+from recipes.dreambooth.sampling import _generate as _generate  # re-export: was defined here
+from recipes.dreambooth.sampling import _pipeline as _pipeline  # re-export: was defined here
+from recipes.output_dir import (
     claim_output_dir,
     commit_output_dir,
+    overwrite_output_dir_option,
+    resume_from_checkpoint_option,
+)
+from recipes.training import (
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
-    overwrite_output_dir_option,
-    resume_from_checkpoint_option,
     save_checkpoint,
     train_steps,
 )
 from sorth.integrations.diffusers import save_pipeline_adapter
-from sorth.integrations.peft import METHODS, count_parameters, make_peft_config
+from sorth.integrations.peft import METHODS, count_parameters
 
 __all__ = ["DreamBoothConfig", "image_grid", "load_components", "main", "run"]
 
@@ -129,138 +137,6 @@ def _check(cfg: DreamBoothConfig) -> None:
             f"--resolution={cfg.resolution} is out of range: it must be a multiple of 8"
         )
     block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32))
-
-
-def load_components(path: str, dtype: Any = None) -> dict[str, Any]:
-    """Tokenizer, text encoder, VAE, UNet and DDPM noise scheduler of a local SD folder."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    root = require_dir(path, "--pretrained_model")
-    if not (root / "model_index.json").is_file():
-        raise RecipeError(
-            f"--pretrained_model '{path}' is not a diffusers pipeline folder (no model_index.json)"
-        )
-    try:
-        return {
-            "tokenizer": AutoTokenizer.from_pretrained(root, subfolder="tokenizer"),
-            "text_encoder": CLIPTextModel.from_pretrained(
-                root, subfolder="text_encoder", torch_dtype=dtype
-            ),
-            "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype),
-            "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=dtype),
-            "noise_scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
-        }
-    except (OSError, ValueError) as err:
-        raise RecipeError(
-            f"cannot load Stable Diffusion from '{path}': {str(err).splitlines()[0]}"
-        ) from None
-
-
-def _pipeline(path: str, parts: dict[str, Any]) -> Any:
-    """A ``StableDiffusionPipeline`` over ``parts`` with a DPM-Solver sampler, no safety checker."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    sampler = DPMSolverMultistepScheduler.from_pretrained(path, subfolder="scheduler")
-    pipe = StableDiffusionPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
-        unet=parts["unet"], scheduler=sampler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def image_grid(rows: list[list[Any]]) -> Any:
-    """Paste a list of rows of equally sized PIL images into one image."""
-    from PIL import Image
-
-    w, h = rows[0][0].size
-    grid = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            grid.paste(img, (j * w, i * h))
-    return grid
-
-
-def _generate(pipe: Any, prompt: str, n: int, cfg: DreamBoothConfig, seed: int) -> list[Any]:
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    out = pipe(
-        prompt, num_images_per_prompt=n, num_inference_steps=cfg.inference_steps,
-        guidance_scale=cfg.guidance_scale, height=cfg.resolution, width=cfg.resolution,
-        generator=gen,
-    )  # fmt: skip
-    return out.images
-
-
-def _class_images(cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any]) -> list[Any]:
-    """Top the class folder up to --num_class_images with base-model samples (main process)."""
-    folder = Path(cfg.class_data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    have = len([p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"}])
-    if have < cfg.num_class_images and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
-        pipe = _pipeline(cfg.pretrained_model, parts)
-        todo = list(range(have, cfg.num_class_images))
-        bar = tqdm(total=len(todo), desc="class images", disable=not cfg.progress)
-        for start in range(0, len(todo), cfg.sample_batch_size):
-            chunk = todo[start : start + cfg.sample_batch_size]
-            for i, img in zip(
-                chunk,
-                _generate(pipe, cfg.class_prompt, len(chunk), cfg, cfg.seed + chunk[0]),
-                strict=True,
-            ):
-                digest = hashlib.sha1(img.tobytes()).hexdigest()[:12]
-                with atomic_file(folder / f"{i}-{digest}.png") as tmp:
-                    img.save(tmp, format="PNG")
-            bar.update(len(chunk))
-        bar.close()
-    accelerator.wait_for_everyone()
-    return list_images(folder, "--class_data_dir")[: cfg.num_class_images]
-
-
-def _adapt(model: Any, cfg: DreamBoothConfig, targets: Sequence[str]) -> Any:
-    from peft import get_peft_model
-
-    try:
-        peft_cfg = make_peft_config(
-            cfg.method, list(targets),
-            **block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32)),
-            rank=cfg.rank, boft_factors=cfg.boft_factors, scale=cfg.scale,
-        )  # fmt: skip
-        return get_peft_model(model, peft_cfg)
-    except ValueError as err:
-        raise RecipeError(f"cannot build the {cfg.method} adapter: {err}") from None
-
-
-def _tokenize(tokenizer: Any, prompt: str) -> Any:
-    ids = tokenizer(
-        prompt,
-        padding="max_length",
-        truncation=True,
-        max_length=tokenizer.model_max_length,
-        return_tensors="pt",
-    )
-    return ids.input_ids[0]
-
-
-def _validate(
-    cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any], step: int
-) -> Path | None:
-    """Render the validation prompts into ``validation/step-N.png`` (main process)."""
-    if not (cfg.validation_prompts and accelerator.is_main_process):
-        return None
-    pipe = _pipeline(cfg.pretrained_model, parts)
-    rows = [
-        _generate(pipe, p, cfg.num_validation_images, cfg, cfg.seed) for p in cfg.validation_prompts
-    ]
-    path = Path(cfg.output_dir) / "validation" / f"step-{step}.png"
-    with atomic_file(path) as tmp:
-        image_grid(rows).save(tmp, format="PNG")
-    return path
 
 
 def _diffusion_loss(
@@ -421,15 +297,6 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
             _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
         )
     return result
-
-
-def _eval_parts(parts: dict[str, Any], models: dict[str, Any], accelerator: Any) -> dict[str, Any]:
-    """Pipeline components with the adapted UNet / text encoder (adapter layers active)."""
-    unwrap = {k: accelerator.unwrap_model(v) for k, v in models.items()}
-    bare = {
-        k: (v.get_base_model() if hasattr(v, "get_base_model") else v) for k, v in unwrap.items()
-    }
-    return {**parts, **bare}
 
 
 @cli

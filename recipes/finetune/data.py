@@ -6,6 +6,9 @@ Two shapes, checked up front with a one-line error naming the columns that exist
   and a label column (ints, strings, or floats for regression such as STS-B);
 * ``causal_lm``: ``prompt`` + ``response`` columns (loss on the response only) or one ``text``
   column (loss on every token).
+
+:func:`_prepare_data` reads and tokenizes the files a :class:`FinetuneConfig` names;
+:func:`_collate` pads the examples into batches.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recipes.common import RecipeError
+
+if TYPE_CHECKING:
+    from recipes.finetune.train import FinetuneConfig
 
 __all__ = ["TextData", "load_table", "tokenize_causal", "tokenize_classification"]
 
@@ -172,3 +178,54 @@ def tokenize_causal(
         return out
 
     return TextData(encode(train), encode(eval_rows), 0, ())
+
+
+def _prepare_data(cfg: FinetuneConfig, tokenizer: Any) -> TextData:
+    common = {
+        "max_length": cfg.max_length,
+        "eval_fraction": cfg.eval_fraction,
+        "limits": (cfg.train_samples, cfg.eval_samples),
+        "seed": cfg.seed,
+    }
+    if cfg.task == "seq_cls":
+        cols = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c]
+        train = load_table(cfg.train_file, cols, "--train_file")
+        ev = load_table(cfg.eval_file, cols, "--eval_file") if cfg.eval_file else None
+        return tokenize_classification(
+            tokenizer, train, ev, text_column=cfg.text_column, pair_column=cfg.text_pair_column,
+            label_column=cfg.label_column, **common,
+        )  # fmt: skip
+    if cfg.prompt_column:
+        cols, text = [cfg.prompt_column, cfg.response_column], ""
+    else:
+        cols, text = [cfg.text_column], cfg.text_column
+    train = load_table(cfg.train_file, cols, "--train_file")
+    ev = load_table(cfg.eval_file, cols, "--eval_file") if cfg.eval_file else None
+    return tokenize_causal(
+        tokenizer, train, ev, text_column=text, prompt_column=cfg.prompt_column,
+        response_column=cfg.response_column, **common,
+    )  # fmt: skip
+
+
+def _collate(pad_id: int, regression: bool) -> Any:
+    import torch
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
+            mask[i, : len(r["input_ids"])] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if isinstance(rows[0]["labels"], list):  # causal LM: pad labels with -100
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for i, r in enumerate(rows):
+                labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
+        else:
+            dtype = torch.float32 if regression else torch.long
+            labels = torch.tensor([r["labels"] for r in rows], dtype=dtype)
+        batch["labels"] = labels
+        return batch
+
+    return collate

@@ -15,6 +15,10 @@ Examples::
 Outputs in ``--output_dir``: ``adapter/`` (final, ``PeftModel.from_pretrained`` after
 ``import sorth``), ``best/`` (adapter at the best evaluation), ``merged/`` with
 ``--export_merged``, ``metrics.json`` and ``checkpoints/checkpoint-N`` for resuming.
+
+This module holds the options (:class:`FinetuneConfig`), the run and the command line; the data
+(reading, tokenizing, batching) is :mod:`recipes.finetune.data`, the tokenizer, base model and
+adapter :mod:`recipes.finetune.model`, the metrics :mod:`recipes.finetune.evaluation`.
 """
 
 from __future__ import annotations
@@ -37,30 +41,32 @@ from recipes.common import (
     resolve_pretrained,
     save_json,
 )
-from recipes.finetune.data import TextData, load_table, tokenize_causal, tokenize_classification
-from recipes.training import (
+from recipes.finetune.data import _collate, _prepare_data
+from recipes.finetune.evaluation import _evaluate, _metric
+from recipes.finetune.model import PRESETS as PRESETS  # re-export: was defined here
+from recipes.finetune.model import _adapt, _load_model, _load_tokenizer
+from recipes.finetune.model import _quantization as _quantization  # re-export: was defined here
+from recipes.finetune.model import _targets as _targets  # re-export: was defined here
+from recipes.output_dir import (
     claim_output_dir,
     commit_output_dir,
+    overwrite_output_dir_option,
+    resume_from_checkpoint_option,
+)
+from recipes.training import (
     fast_forward,
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
-    overwrite_output_dir_option,
-    resume_from_checkpoint_option,
     save_checkpoint,
     steps_per_epoch,
     train_steps,
 )
 from sorth.integrations.accelerate import rank_max_abs_diff, save_adapter
-from sorth.integrations.peft import METHODS, count_parameters, make_peft_config, merge_and_unload
+from sorth.integrations.peft import METHODS, count_parameters, merge_and_unload
 
 __all__ = ["FinetuneConfig", "main", "run"]
 
-PRESETS: tuple[tuple[str, ...], ...] = (
-    ("query", "key", "value", "output.dense", "intermediate.dense"),  # BERT / RoBERTa (paper)
-    ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),  # Llama, Qwen
-    ("c_attn", "c_proj", "c_fc"),  # GPT-2
-)
 METRICS = ("auto", "accuracy", "f1", "matthews", "pearson", "loss")
 
 
@@ -138,195 +144,6 @@ def _check(cfg: FinetuneConfig) -> None:
     block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8))
     if cfg.load_in_4bit and cfg.load_in_8bit:
         raise RecipeError("--load_in_4bit and --load_in_8bit exclude each other; pick one")
-
-
-def _load_tokenizer(cfg: FinetuneConfig) -> Any:
-    """The model's tokenizer (with a pad token), or a one-line error for an unusable path."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    if not cfg.progress:  # --no-progress: no weight-loading bars either (stderr stays clean)
-        transformers.utils.logging.disable_progress_bar()
-    path = resolve_pretrained(cfg.model)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    except Exception as err:
-        raise RecipeError(f"cannot load a tokenizer from '{cfg.model}': {err}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return tokenizer
-
-
-def _load_model(cfg: FinetuneConfig, num_labels: int, pad_token_id: int) -> Any:
-    """The base model for ``cfg.task``, or a one-line error for an unusable path."""
-    import transformers
-
-    auto = (
-        transformers.AutoModelForCausalLM
-        if cfg.task == "causal_lm"
-        else transformers.AutoModelForSequenceClassification
-    )
-    kwargs = {} if cfg.task == "causal_lm" else {"num_labels": num_labels}
-    kwargs.update(_quantization(cfg))
-    try:
-        model = auto.from_pretrained(resolve_pretrained(cfg.model), **kwargs)
-    except Exception as err:
-        raise RecipeError(f"cannot load a {cfg.task} model from '{cfg.model}': {err}") from None
-    model.config.pad_token_id = pad_token_id
-    if kwargs.get("quantization_config") is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model)  # fp32 norms, gradient checkpointing
-    return model
-
-
-def _quantization(cfg: FinetuneConfig) -> dict[str, Any]:
-    """``from_pretrained`` kwargs of a bitsandbytes base (QGSOFT / QLoRA), or ``{}``."""
-    if not (cfg.load_in_4bit or cfg.load_in_8bit):
-        return {}
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    gpu = torch.cuda.is_available()
-    quant = BitsAndBytesConfig(
-        load_in_4bit=cfg.load_in_4bit,
-        load_in_8bit=cfg.load_in_8bit,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16 if gpu else torch.float32,
-    )
-    return {
-        "quantization_config": quant,
-        "device_map": {"": torch.cuda.current_device()} if gpu else "cpu",
-    }
-
-
-def _targets(cfg: FinetuneConfig, model: Any) -> list[str]:
-    if cfg.target_modules:
-        return list(cfg.target_modules)
-    names = [n for n, _ in model.named_modules()]
-    for preset in PRESETS:
-        if any(n.endswith("." + preset[0]) for n in names):
-            return [t for t in preset if any(n.endswith("." + t) for n in names)]
-    raise RecipeError("no preset matches this model's module names; pass --target_modules")
-
-
-def _adapt(cfg: FinetuneConfig, model: Any) -> Any:
-    from peft import get_peft_model
-
-    heads = [h for h in ("classifier", "score") if hasattr(model, h)]
-    try:
-        peft_cfg = make_peft_config(
-            cfg.method,
-            _targets(cfg, model),
-            **block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8)),
-            rank=cfg.rank,
-            alpha=cfg.alpha or None,
-            boft_factors=cfg.boft_factors,
-            scale=cfg.scale,
-            dropout=cfg.adapter_dropout,
-            modules_to_save=heads if cfg.task == "seq_cls" else None,
-            task_type="SEQ_CLS" if cfg.task == "seq_cls" else "CAUSAL_LM",
-        )
-        return get_peft_model(model, peft_cfg)
-    except (ValueError, ImportError) as err:
-        raise RecipeError(f"cannot build the {cfg.method} adapter: {err}") from None
-
-
-def _prepare_data(cfg: FinetuneConfig, tokenizer: Any) -> TextData:
-    common = {
-        "max_length": cfg.max_length,
-        "eval_fraction": cfg.eval_fraction,
-        "limits": (cfg.train_samples, cfg.eval_samples),
-        "seed": cfg.seed,
-    }
-    if cfg.task == "seq_cls":
-        cols = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c]
-        train = load_table(cfg.train_file, cols, "--train_file")
-        ev = load_table(cfg.eval_file, cols, "--eval_file") if cfg.eval_file else None
-        return tokenize_classification(
-            tokenizer, train, ev, text_column=cfg.text_column, pair_column=cfg.text_pair_column,
-            label_column=cfg.label_column, **common,
-        )  # fmt: skip
-    if cfg.prompt_column:
-        cols, text = [cfg.prompt_column, cfg.response_column], ""
-    else:
-        cols, text = [cfg.text_column], cfg.text_column
-    train = load_table(cfg.train_file, cols, "--train_file")
-    ev = load_table(cfg.eval_file, cols, "--eval_file") if cfg.eval_file else None
-    return tokenize_causal(
-        tokenizer, train, ev, text_column=text, prompt_column=cfg.prompt_column,
-        response_column=cfg.response_column, **common,
-    )  # fmt: skip
-
-
-def _collate(pad_id: int, regression: bool) -> Any:
-    import torch
-
-    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r["input_ids"])] = torch.tensor(r["input_ids"])
-            mask[i, : len(r["input_ids"])] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if isinstance(rows[0]["labels"], list):  # causal LM: pad labels with -100
-            labels = torch.full((len(rows), width), -100, dtype=torch.long)
-            for i, r in enumerate(rows):
-                labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
-        else:
-            dtype = torch.float32 if regression else torch.long
-            labels = torch.tensor([r["labels"] for r in rows], dtype=dtype)
-        batch["labels"] = labels
-        return batch
-
-    return collate
-
-
-def _evaluate(
-    accelerator: Any, model: Any, loader: Any, task: str, num_labels: int
-) -> dict[str, float]:
-    """Loss and task metrics over the whole eval set (gathered across processes)."""
-    import numpy as np
-    import torch
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    model.eval()
-    losses, preds, labels = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            out = model(**batch)
-            n = batch["labels"].shape[0]
-            losses.append(accelerator.gather_for_metrics(out.loss.detach().repeat(n)))
-            if task == "seq_cls":
-                p = out.logits.squeeze(-1) if num_labels == 1 else out.logits.argmax(-1)
-                p, y = accelerator.gather_for_metrics((p, batch["labels"]))
-                preds.append(p.float().cpu())
-                labels.append(y.float().cpu())
-    model.train()
-    loss = torch.cat(losses).mean().item()
-    result = {"loss": loss}
-    if task == "causal_lm":
-        result["perplexity"] = math.exp(min(loss, 50.0))
-        return result
-    p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-    if num_labels == 1:
-        result["pearson"] = float(np.corrcoef(p, y)[0, 1]) if p.std() > 0 else 0.0
-        return result
-    average = "binary" if num_labels == 2 else "macro"
-    result["accuracy"] = float(accuracy_score(y, p))
-    result["f1"] = float(f1_score(y, p, average=average, zero_division=0))
-    result["matthews"] = float(matthews_corrcoef(y, p))
-    return result
-
-
-def _metric(cfg: FinetuneConfig, num_labels: int) -> tuple[str, bool]:
-    """The selection metric and whether larger is better."""
-    if cfg.task == "causal_lm" or cfg.metric == "loss":
-        return "loss", False
-    if cfg.metric == "auto":
-        return ("pearson" if num_labels == 1 else "accuracy"), True
-    return cfg.metric, True
 
 
 def _lr_lambda(warmup: int, total: int) -> Any:

@@ -35,15 +35,17 @@ from recipes.common import (
     save_json,
     save_png,
 )
-from recipes.training import (
+from recipes.output_dir import (
     claim_output_dir,
     commit_output_dir,
+    overwrite_output_dir_option,
+    resume_from_checkpoint_option,
+)
+from recipes.training import (
     fast_forward,
     find_checkpoint,
     load_checkpoint,
     make_accelerator,
-    overwrite_output_dir_option,
-    resume_from_checkpoint_option,
     save_checkpoint,
     train_steps,
 )

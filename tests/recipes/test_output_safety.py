@@ -5,6 +5,7 @@ Every refusal is one line on stderr with exit status 2, before anything in the f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from recipes.common import RecipeError
 from recipes.dreambooth import train as dreambooth
 from recipes.finetune.train import main as finetune
 from recipes.lipconvnet.train import main as lipconvnet
@@ -133,6 +135,32 @@ def test_output_dir_that_is_a_file_is_refused_before_training(
     _refused(capsys, finetune, args, "is a file")
     assert target.read_text() == "keep me"
     _refused(capsys, lipconvnet, ["--dataset", "digits", "--output_dir", str(target)], "is a file")
+
+
+def test_a_folder_claimed_meanwhile_is_not_taken_over(tmp_path):
+    """The main process checks the folder again when it commits (commit_output_dir): a run
+    started into the same folder after the first check has claimed it by then."""
+    from recipes.output_dir import claim_output_dir, commit_output_dir
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        output_dir: str
+        lr: float
+
+    class OneProcess:
+        is_main_process = True
+
+        def wait_for_everyone(self) -> None:
+            pass
+
+    first, late = Config(str(tmp_path), 1e-3), Config(str(tmp_path), 2e-3)
+    claim_output_dir(first, ["adapter"], write=False)
+    claim_output_dir(late, ["adapter"], write=False)  # both see an empty folder
+    commit_output_dir(first, ["adapter"], OneProcess())
+    claimed = (tmp_path / "run.json").read_text()
+    with pytest.raises(RecipeError, match="already holds a run"):
+        commit_output_dir(late, ["adapter"], OneProcess())
+    assert (tmp_path / "run.json").read_text() == claimed
 
 
 @pytest.mark.parametrize(
