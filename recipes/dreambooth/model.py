@@ -20,10 +20,17 @@ if TYPE_CHECKING:
 __all__ = ["load_components"]
 
 
-def load_components(path: str, dtype: Any = None) -> dict[str, Any]:
-    """Tokenizer, text encoder, VAE, UNet and DDPM noise scheduler of a local SD folder."""
+def load_components(path: str, dtype: Any = None, progress: bool = True) -> dict[str, Any]:
+    """Tokenizer, text encoder, VAE, UNet and DDPM noise scheduler of a local SD folder;
+    ``progress=False`` (``--no-progress``) also silences the libraries' weight-loading bars."""
+    import diffusers
+    import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
+
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
 
     root = require_dir(path, "--pretrained_model")
     if not (root / "model_index.json").is_file():

@@ -190,7 +190,7 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
         cfg.mixed_precision, torch.float32
     )
     instance = list_images(cfg.instance_data_dir, "--instance_data_dir")
-    parts = load_components(cfg.pretrained_model)
+    parts = load_components(cfg.pretrained_model, progress=cfg.progress)
     classes = _class_images(cfg, accelerator, parts) if cfg.with_prior_preservation else []
     for name in ("vae", "text_encoder", "unet"):
         parts[name].requires_grad_(False)
