@@ -124,14 +124,14 @@ def _distinct_sizes(
     """Drop ``(method, budget)`` when the size picked for it was already picked for a smaller
     budget (e.g. RoAd's largest variant is the closest to every budget): the same run twice
     would be one row shown twice, so the larger budget simply has no row for that method."""
-    kept, seen = [], set()
-    for name, budget in sorted(groups, key=lambda g: (g[1], 0)):
+    kept, seen = set(), set()
+    for name, budget in sorted(groups, key=lambda g: g[1]):
         size = picked[name][budget][0]
         if (name, size) in seen:
             log(f"  {name}: budget {budget:,} picks the size already run ({size}); no row there")
             continue
         seen.add((name, size))
-        kept.append((name, budget))
+        kept.add((name, budget))
     return [g for g in groups if g in kept]
 
 
