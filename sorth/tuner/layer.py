@@ -237,14 +237,12 @@ class SOrthLayer(WeightMerge, BaseTunerLayer):
         return v.view(shape)
 
     def _rotate_act(self, h: torch.Tensor, A: GSMatrix, layer_input: bool) -> torch.Tensor:
-        """``A h`` along the activation feature dim, ``h`` first in the dtype the multiply runs
-        in: under autocast the autocast dtype (the dispatch casts the factors there, once), so a
-        bf16 activation is not widened to the adapter's float32 only to be cast back; otherwise
-        the adapter's dtype (for the layer's input, PEFT's ``cast_input_dtype`` switch applies)."""
-        device = h.device.type
-        if h.is_floating_point() and torch.is_autocast_enabled(device):
-            h = h.to(torch.get_autocast_dtype(device))
-        else:
+        """``A h`` along the activation feature dim. Under autocast ``h`` goes as it is: the
+        dispatch (:func:`sorth.kernels.gs_apply_planned`) casts it and the factors to the
+        autocast dtype once, so a bf16 activation is not widened to the adapter's float32 only
+        to be cast back; otherwise ``h`` is cast to the adapter's dtype (for the layer's input,
+        PEFT's ``cast_input_dtype`` switch applies)."""
+        if not (h.is_floating_point() and torch.is_autocast_enabled(h.device.type)):
             h = self._cast_input_dtype(h, A.dtype) if layer_input else h.to(A.dtype)
         return A.apply(h.movedim(self._act_dim, -1)).movedim(-1, self._act_dim)
 
