@@ -5,10 +5,13 @@ Note [registration]: PEFT finds a method through dicts filled by ``register_peft
 ``import sorth`` must stay torch-only, so it cannot import PEFT just to register. Instead:
 
 * if ``peft`` is already in ``sys.modules`` at ``import sorth``, :func:`install` registers now;
-* otherwise it puts a one-shot finder at the front of ``sys.meta_path``. When ``peft`` is first
-  imported, the finder lets the normal finders locate it, wraps that spec's ``exec_module`` so
-  that ``sorth.tuner.register()`` runs right after the ``peft`` package finished executing, and
-  removes itself. Nothing else is imported or changed.
+* otherwise it puts a finder at the front of ``sys.meta_path``. Each time ``peft`` is looked up,
+  the finder lets the normal finders locate it and wraps that spec's ``exec_module`` so that
+  ``sorth.tuner.register()`` runs right after the ``peft`` package finished executing. The finder
+  removes itself only then, once ``peft`` has really been executed: a mere look-up
+  (``importlib.util.find_spec("peft")``, as transformers' ``from_pretrained`` and sorth's own
+  ``require()`` do) returns a spec that is never executed, and must not disarm it. Nothing else
+  is imported or changed.
 
 Registration is idempotent (see :func:`sorth.tuner.register`). This module imports no third-party
 package.
@@ -40,14 +43,14 @@ def _register() -> None:
 
 
 class _PeftImportHook(importlib.abc.MetaPathFinder):
-    """One-shot finder: registers sorth right after the ``peft`` package is executed."""
+    """Finder that registers sorth right after the ``peft`` package is executed, then leaves."""
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "peft":
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
         for finder in sys.meta_path:
+            if finder is self or isinstance(finder, _PeftImportHook):
+                continue
             find = getattr(finder, "find_spec", None)
             spec = None if find is None else find(fullname, path, target)
             if spec is not None:
@@ -61,10 +64,15 @@ class _PeftImportHook(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             original(module)
+            _disarm()  # peft is executed: no later look-up needs the hook
             _register()
 
         loader.exec_module = exec_module  # instance attribute: this spec's loader only
         return spec
+
+
+def _disarm() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _PeftImportHook)]
 
 
 def install() -> None:

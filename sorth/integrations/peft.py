@@ -35,13 +35,15 @@ def count_parameters(model: Any) -> tuple[int, int]:
 def load_adapter(model: Any, adapter_dir: str | Path, *, merge: bool = False, **kwargs: Any) -> Any:
     """Load a saved adapter (sorth or PEFT baseline) onto ``model``; optionally merge it.
 
-    ``import sorth`` first registers sorth's adapter type with PEFT, so the same call loads
-    GSOFT and LoRA folders. With ``merge=True`` the adapter is folded into the weights and the
+    Registers sorth's adapter type with PEFT first (``sorth.tuner.register()``, whatever was
+    imported before), so the same call loads GSOFT and LoRA folders. With ``merge=True`` the adapter is folded into the weights and the
     plain model is returned (no inference overhead).
     """
     from peft import PeftModel
 
-    import sorth  # noqa: F401 - registers the sorth PEFT type
+    import sorth.tuner
+
+    sorth.tuner.register()  # idempotent; see Note [registration]
 
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), **kwargs)
     return merge_and_unload(peft_model) if merge else peft_model
