@@ -36,8 +36,8 @@ def load_adapter(model: Any, adapter_dir: str | Path, *, merge: bool = False, **
     """Load a saved adapter (sorth or PEFT baseline) onto ``model``; optionally merge it.
 
     Registers sorth's adapter type with PEFT first (``sorth.tuner.register()``, whatever was
-    imported before), so the same call loads GSOFT and LoRA folders. With ``merge=True`` the adapter is folded into the weights and the
-    plain model is returned (no inference overhead).
+    imported before), so the same call loads GSOFT and LoRA folders. With ``merge=True`` the
+    adapter is folded into the weights and the plain model is returned (no inference overhead).
     """
     from peft import PeftModel
 
