@@ -117,8 +117,7 @@ def test_from_adapter_in_a_fresh_process(
     [
         "import importlib.util; importlib.util.find_spec('peft')",
         "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained(base)",
-        "import importlib.util; importlib.util.find_spec('peft'); "
-        "importlib.util.find_spec('peft')",
+        "import importlib.util; importlib.util.find_spec('peft'); importlib.util.find_spec('peft')",
     ],
     ids=["find_spec", "transformers_from_pretrained", "two_lookups"],
 )
