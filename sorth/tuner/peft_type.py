@@ -1,16 +1,18 @@
-"""Adding ``PeftType.SORTH`` and registering sorth with PEFT (pinned: peft 0.21.x).
+"""The names sorth registers with PEFT: ``PeftType.SORTH`` and the parameter prefix ``sorth_``.
 
-``register_peft_method`` accepts only names that are members of the closed ``PeftType`` enum and
-raises ``KeyError`` when called twice, so :func:`register` first extends the enum (once) and then
-fills PEFT's mappings only if they do not already point at sorth. See Note [registration] in
-:mod:`sorth._peft_hook` for *when* this runs.
+A leaf of the tuner (imports only ``peft.utils.PeftType``), as PEFT's ``peft/utils/peft_types.py``:
+:mod:`sorth.tuner.config` reads the type, :mod:`sorth.tuner.model` the prefix, and
+:func:`sorth.tuner.register` (the only place that sees config and model together) both.
+``register_peft_method`` accepts only names that are members of the closed ``PeftType`` enum, so
+:func:`sorth_peft_type` first extends the enum (once; pinned: peft 0.21.x). See Note
+[registration] in :mod:`sorth._peft_hook` for *when* the registration runs.
 """
 
 from __future__ import annotations
 
 from peft.utils import PeftType
 
-__all__ = ["NAME", "PREFIX", "register", "sorth_peft_type"]
+__all__ = ["NAME", "PREFIX", "sorth_peft_type"]
 
 NAME = "sorth"
 PREFIX = "sorth_"
@@ -35,23 +37,3 @@ def sorth_peft_type() -> PeftType:
     PeftType._value2member_map_[key] = member
     PeftType._member_names_.append(key)
     return member
-
-
-def register() -> None:
-    """Register :class:`SOrthConfig` / :class:`SOrthModel` with PEFT; harmless to call twice."""
-    from peft import mapping
-    from peft.utils import register_peft_method
-
-    from sorth.tuner.config import SOrthConfig
-    from sorth.tuner.model import SOrthModel
-
-    peft_type = sorth_peft_type()
-    if mapping.PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type) is SOrthModel:
-        return
-    for table in (
-        mapping.PEFT_TYPE_TO_CONFIG_MAPPING,
-        mapping.PEFT_TYPE_TO_TUNER_MAPPING,
-        mapping.PEFT_TYPE_TO_PREFIX_MAPPING,
-    ):
-        table.pop(peft_type, None)  # a stale entry, e.g. after importlib.reload(sorth.tuner)
-    register_peft_method(name=NAME, config_cls=SOrthConfig, model_cls=SOrthModel, prefix=PREFIX)
