@@ -62,6 +62,9 @@ def _load_model(cfg: FinetuneConfig, num_labels: int, pad_token_id: int) -> Any:
     if kwargs.get("quantization_config") is not None:
         from peft import prepare_model_for_kbit_training
 
+        from sorth.tuner import keep_4bit_layout
+
+        keep_4bit_layout(model)  # evaluation must not change the training (any --method)
         model = prepare_model_for_kbit_training(model)  # fp32 norms, gradient checkpointing
     return model
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from peft import mapping
 from peft.utils import register_peft_method
 
+from sorth.tuner.bnb import keep_4bit_layout
 from sorth.tuner.config import SOrthConfig
 from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
 from sorth.tuner.layer import Conv1D, Conv2d, Embedding, Linear, SOrthLayer
@@ -30,6 +31,7 @@ __all__ = [
     "SOrthLayer",
     "SOrthModel",
     "UnsupportedLayerError",
+    "keep_4bit_layout",
     "register",
 ]
 

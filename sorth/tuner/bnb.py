@@ -42,7 +42,13 @@ from sorth.tuner.layer import Linear
 from sorth.tuner.merge import NAN_MESSAGE
 from sorth.tuner.quantization import bnb_kind
 
-__all__ = ["Linear4bit", "Linear8bitLt", "dispatch_bnb_4bit", "dispatch_bnb_8bit"]
+__all__ = [
+    "Linear4bit",
+    "Linear8bitLt",
+    "dispatch_bnb_4bit",
+    "dispatch_bnb_8bit",
+    "keep_4bit_layout",
+]
 
 
 def _is_packed(state: Any) -> bool:
@@ -75,36 +81,36 @@ def _unpack(base: nn.Module) -> None:
             base.quant_state = W.quant_state
 
 
-def _cpu_layout(base: nn.Module, x: torch.Tensor, needs_grad: bool) -> None:
-    """Keep a ``Linear4bit`` weight in the layout its next matmul needs, as bitsandbytes'
-    own forward would, except that it also goes back when a gradient is needed.
+def keep_4bit_layout(model: nn.Module) -> int:
+    """Keep every bitsandbytes ``Linear4bit`` of ``model`` in its standard layout; return how
+    many there are.
 
-    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in eval mode without grad repacks the
-    weight (``quant_state.packing_format_for_cpu``, absmax in bfloat16) for a faster kernel,
-    and never undoes it; bitsandbytes 0.50's matmul on that layout has no backward, so a later
-    training step silently gets no ``∂x`` (``torch.autograd.grad`` reports the input unused):
-    for an input rotation, no gradient at all. Here: packed for gradient-free eval forwards
-    (so an identity adapter matches the base layer bit for bit), unpacked when a gradient is
-    needed.
+    Note [4-bit CPU layout]: on CPUs with AVX512-BF16, bitsandbytes 0.50's
+    ``Linear4bit.forward`` repacks the weight for a faster inference kernel the first time it
+    runs in eval mode without a gradient, and never undoes it. The repack rounds the absmax
+    statistics to bfloat16 (the frozen weight itself moves, by up to 2.5e-3 relative); the
+    matmul on that layout has no backward (a later training step passes no gradient through
+    the layer: every adapter below an untargeted 4-bit layer stops learning, silently); and
+    bitsandbytes' own inverse, run by ``state_dict()`` (so by ``save_pretrained``), scrambles
+    non-nested statistics, so the model's outputs change after a save. Evaluation during
+    training would change the training. This turns the repack off on each layer (the flag
+    ``support_avx512bf16_for_cpu`` bitsandbytes reads) and puts a weight already repacked back
+    exactly (:func:`_unpacked`; the bfloat16 rounding of an earlier repack cannot be undone).
+    Every forward then runs bitsandbytes' standard kernel, as in training and on GPUs.
+    ``get_peft_model`` with a :class:`~sorth.SOrthConfig` calls this on the whole model (also
+    the layers it does not adapt); call it yourself on a 4-bit model used with another PEFT
+    method. The layers stay so after ``merge_and_unload``. bitsandbytes need not be imported
+    (layers are recognised by class name).
     """
-    W = base.weight
-    if needs_grad:
-        _unpack(base)
-        return
-    state = W.quant_state
-    if (
-        not _is_packed(state)
-        and not base.training
-        and x.device.type == "cpu"
-        and getattr(base, "support_avx512bf16_for_cpu", False)
-        and state.shape[0] % 32 == 0  # the packed layout's block of output rows
-        and state.shape[1] % state.blocksize == 0  # (bitsandbytes asserts both)
-    ):
-        import bitsandbytes.functional as bnbF
-
-        W.data, W.quant_state = bnbF._convert_weight_packed_for_cpu(W.data, state)
-        if hasattr(base, "quant_state"):
-            base.quant_state = W.quant_state
+    count = 0
+    for module in model.modules():
+        if bnb_kind(module) != "4bit":
+            continue
+        module.support_avx512bf16_for_cpu = False
+        if getattr(module.weight, "quant_state", None) is not None:
+            _unpack(module)
+        count += 1
+    return count
 
 
 def _unpack_before_state_dict(module: nn.Module, prefix: str, keep_vars: bool) -> None:
@@ -167,6 +173,7 @@ class Linear4bit(_QuantizedLinear):
     dtype (``bnb_4bit_compute_dtype``; the input's dtype when it is unset)."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any):
+        keep_4bit_layout(base_layer)  # Note [4-bit CPU layout]
         super().__init__(base_layer, adapter_name, config, **kwargs)
         self.register_state_dict_pre_hook(_unpack_before_state_dict)
 
@@ -180,15 +187,9 @@ class Linear4bit(_QuantizedLinear):
 
         base = self.get_base_layer()
         fix_4bit_weight_quant_state_from_module(base)  # FSDP-style lost quant_state
-        needs_grad = torch.is_grad_enabled() and (
-            x.requires_grad or (bias is not None and bias.requires_grad)
-        )
-        _cpu_layout(base, x, needs_grad)
+        _unpack(base)  # packed before sorth wrapped it (Note [4-bit CPU layout])
         W = base.weight
-        # bitsandbytes < 0.50 wants the (1, n) transpose; the packed CPU layout (>= 0.50 only)
-        # must be passed as stored
-        B = W if _is_packed(W.quant_state) else W.t()
-        return bnb.matmul_4bit(x, B, bias=bias, quant_state=W.quant_state)
+        return bnb.matmul_4bit(x, W.t(), bias=bias, quant_state=W.quant_state)
 
     def get_base_weight(self) -> torch.Tensor:
         """The dequantized weight ``(d_out, d_in)`` in the dtype it was quantized from."""

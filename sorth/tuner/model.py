@@ -37,7 +37,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
 from torch import nn
 
 from sorth.errors import SOrthValueError
-from sorth.tuner.bnb import dispatch_bnb_4bit, dispatch_bnb_8bit
+from sorth.tuner.bnb import dispatch_bnb_4bit, dispatch_bnb_8bit, keep_4bit_layout
 from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
 from sorth.tuner.layer import SOrthLayer, dispatch_default
 from sorth.tuner.peft_type import PREFIX
@@ -97,7 +97,10 @@ class SOrthModel(BaseTuner):
     def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
         """Check every targeted module before the first is replaced (model stays unchanged).
 
-        Inside a PEFT load, also snapshots the model so a failed load can roll back.
+        Inside a PEFT load, also snapshots the model so a failed load can roll back. Turns off
+        bitsandbytes' CPU repacking of every 4-bit layer
+        (:func:`~sorth.tuner.bnb.keep_4bit_layout`), so evaluation never changes a quantized
+        training run.
         """
         config = _maybe_include_all_linear_layers(copy.deepcopy(peft_config), model)
         tuner_prefixes = [
@@ -110,6 +113,7 @@ class SOrthModel(BaseTuner):
                 continue
             self._check_target(config, key, module)
         record_injection(model, self)  # after the checks: a bad config changes nothing
+        keep_4bit_layout(model)  # every 4-bit layer, adapted or not: Note [4-bit CPU layout]
 
     @staticmethod
     def _check_target(config: Any, key: str, module: nn.Module) -> None:

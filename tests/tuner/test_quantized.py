@@ -24,7 +24,7 @@ from transformers import (  # noqa: E402
 )
 
 from sorth import SOrthConfig  # noqa: E402
-from sorth.tuner import UnsupportedLayerError  # noqa: E402
+from sorth.tuner import UnsupportedLayerError, keep_4bit_layout  # noqa: E402
 from sorth.tuner.bnb import Linear4bit, Linear8bitLt  # noqa: E402
 from sorth.tuner.quantization import unsupported_reason  # noqa: E402
 from tests._tolerances import tol  # noqa: E402
@@ -62,9 +62,13 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def load(path: Path, kind: str, compute: torch.dtype = torch.float32) -> nn.Module:
-    return AutoModelForCausalLM.from_pretrained(
+    """The quantized model, its 4-bit layers kept in the standard layout as sorth keeps them
+    (a reference base must not run bitsandbytes' repacked CPU kernel, Note [4-bit CPU layout])."""
+    model = AutoModelForCausalLM.from_pretrained(
         path, quantization_config=_quant(kind, compute), device_map="cpu"
     )
+    keep_4bit_layout(model)
+    return model
 
 
 def tokens(seed: int = 0, batch: int = 3) -> torch.Tensor:
