@@ -92,9 +92,21 @@ class ActivationForward:
         The bias goes into the frozen op when nothing follows it (no output rotation, no
         scale), and into the last scale otherwise (:class:`_ScaleShift`): one pass over the
         output less than a separate add.
+
+        The result has the input's dtype (the base weight's for token indices), except under
+        autocast, where it has the dtype the frozen op returns, as the plain layer and PEFT's
+        LoRA do (Note [autocast dtype]).
         """
         base = self.get_base_layer()
         previous_dtype = x.dtype if x.is_floating_point() else base.weight.dtype  # (Embedding)
+        # Note [autocast dtype]: under autocast the frozen op (linear, addmm, conv2d) gets x as
+        # it is and returns the autocast dtype (bf16 for a float32 input on CPU); a plain
+        # nn.Linear returns that, so the adapted layer does too, instead of widening it back.
+        autocast = (
+            x.is_floating_point()
+            and self._frozen_op_autocasts
+            and torch.is_autocast_enabled(x.device.type)
+        )
         W = base.weight  # not .data: a base weight made trainable still gets its gradient
         # Adapters applied to the weight (Conv2d) come first: they are folded into W whole
         # (A_in, A_out and s) by the merge's own arithmetic, so merged == unmerged.
@@ -109,8 +121,9 @@ class ActivationForward:
             bias = getattr(base, "bias", None)
             W = W.to(base.weight.dtype)
             b = None if bias is None else bias.to(W.dtype)
-            x = x.to(W.dtype) if x.is_floating_point() else x
-            return self._linear(x, W, b).to(previous_dtype)
+            x = x.to(W.dtype) if x.is_floating_point() and not autocast else x
+            out = self._linear(x, W, b)
+            return out if autocast else out.to(previous_dtype)
         for name in reversed(adapters):  # innermost input rotation first
             A = self._matrix(self.sorth_in, name, self._adapter_dtype(name))
             if A is None:
@@ -124,14 +137,14 @@ class ActivationForward:
             W = W.to(op_dtype)
         bias = getattr(base, "bias", None)
         after = [n for n in adapters if n in self.sorth_out or n in self.sorth_s]
-        if x.is_floating_point() and not (
-            self._frozen_op_autocasts and torch.is_autocast_enabled(x.device.type)
-        ):  # (under autocast the frozen op casts x itself: no widening and casting back)
-            x = x.to(op_dtype)
+        if x.is_floating_point() and not autocast:
+            x = x.to(op_dtype)  # (under autocast the frozen op casts x itself: no widening)
         if not after:  # nothing after the frozen op: its own fused bias
             b = None if bias is None else bias.to(op_dtype)
-            return self._linear(x, W, b).to(previous_dtype)
+            out = self._linear(x, W, b)
+            return out if autocast else out.to(previous_dtype)
         h = self._linear(x, W, None)
+        out_dtype = h.dtype if autocast else previous_dtype
         for name in after:
             dtype = self._adapter_dtype(name)
             A = self._matrix(self.sorth_out, name, dtype)
@@ -144,7 +157,7 @@ class ActivationForward:
                 h, bias = _ScaleShift.apply(h, s, b), None if last else bias
         if bias is not None:
             h = h + self._along_act(bias.to(h.dtype), h.dim())
-        return h.to(previous_dtype)
+        return h.to(out_dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_names = kwargs.pop("adapter_names", None)

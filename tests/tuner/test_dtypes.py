@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from transformers.pytorch_utils import Conv1D
 
 from sorth import SOrthConfig
 from tests._tolerances import tol, tol_vs_float64
@@ -137,3 +138,59 @@ def test_autocast_activations_are_not_widened_and_cast_back(side: str) -> None:
     with torch.no_grad():
         ref = lin1(x.float())
     torch.testing.assert_close(y.float(), ref, **tol_vs_float64(torch.bfloat16))
+
+
+class _One(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+_LAYERS = {
+    "linear": (lambda: torch.nn.Linear(16, 16), lambda: torch.randn(3, 16)),
+    "linear-nobias": (lambda: torch.nn.Linear(16, 16, bias=False), lambda: torch.randn(3, 16)),
+    "conv1d": (lambda: Conv1D(16, 16), lambda: torch.randn(3, 5, 16)),
+    "conv2d": (lambda: torch.nn.Conv2d(8, 8, 3, padding=1), lambda: torch.randn(2, 8, 6, 6)),
+    "embedding": (lambda: torch.nn.Embedding(20, 16), lambda: torch.randint(0, 20, (3, 5))),
+}
+
+
+_SIDES = ("input", "output", "both")
+_AUTOCAST_CASES = [
+    *[(layer, side) for layer in ("linear", "linear-nobias", "conv1d") for side in _SIDES],
+    ("conv2d", "input"),
+    ("conv2d", "both"),
+    ("embedding", "output"),
+]
+
+
+@pytest.mark.parametrize(("layer", "side"), _AUTOCAST_CASES)
+def test_autocast_output_dtype_is_the_plain_layers(layer: str, side: str) -> None:
+    """Regression: under CPU bf16 autocast a float32 input gave float32 out of a sorth layer,
+    where nn.Linear / Conv2d / Conv1D (and PEFT's LoRA) return bfloat16 (Note [autocast
+    dtype]); an Embedding (no autocast op) returns float32 either way."""
+    build, inputs = _LAYERS[layer]
+    torch.manual_seed(0)
+    plain, x = _One(build()), inputs()
+    cfg = SOrthConfig(target_modules=["layer"], block_size=4, side=side, init_weights=False)
+    model = get_peft_model(copy.deepcopy(plain), cfg)
+    with torch.no_grad():
+        y_ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = plain(x).dtype
+            y = model(x)
+            model.merge_adapter()
+            y_merged = model(x)
+            model.unmerge_adapter()
+    assert y.dtype == y_merged.dtype == want
+    assert want == (torch.float32 if layer == "embedding" else torch.bfloat16)
+    torch.testing.assert_close(y.float(), y_ref, **tol_vs_float64(torch.bfloat16))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x).float().square().sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "sorth_" in n]
+    assert grads
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
