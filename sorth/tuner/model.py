@@ -39,10 +39,11 @@ from torch import nn
 from sorth.errors import SOrthValueError
 from sorth.tuner.bnb import dispatch_bnb_4bit, dispatch_bnb_8bit, keep_4bit_layout
 from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
-from sorth.tuner.layer import SOrthLayer, dispatch_default
+from sorth.tuner.layer import Linear, SOrthLayer, dispatch_default
 from sorth.tuner.peft_type import PREFIX
 from sorth.tuner.quantization import SUPPORTED_QUANTIZED, unsupported_reason
 from sorth.tuner.rollback import begin_load, record_injection
+from sorth.tuner.weight_read import MultiheadOutProj, weight_read_class
 
 __all__ = ["SOrthModel", "dispatch_layer_class"]
 
@@ -132,9 +133,15 @@ class SOrthModel(BaseTuner):
                     f"{SUPPORTED_QUANTIZED} only. Load the model with bitsandbytes or in full "
                     "precision, or remove the module from target_modules."
                 )
+            hint = (
+                f"Target its {key}.out_proj (the fused in_proj is a parameter, not a layer), "
+                "or remove it from target_modules"
+                if isinstance(base, nn.MultiheadAttention)
+                else "Remove it from target_modules (or add it to exclude_modules)"
+            )
             raise UnsupportedLayerError(
                 f"target module {key!r} is a {type(base).__name__}; sorth supports {SUPPORTED}. "
-                "Remove it from target_modules (or add it to exclude_modules)."
+                f"{hint}."
             )
         if config.fan_in_fan_out and layer_cls.__name__ != "Conv1D":
             raise UnsupportedLayerError(
@@ -168,6 +175,8 @@ class SOrthModel(BaseTuner):
         layer_cls = dispatch_layer_class(target)
         if layer_cls is None:  # _prepare_model checked this already
             raise UnsupportedLayerError(f"target module {current_key!r}: supported: {SUPPORTED}.")
+        if layer_cls is Linear:  # Note [weight read by the parent] (MHA's out_proj, ...)
+            layer_cls = weight_read_class(parent, target_name) or Linear
         new_module = layer_cls(target, adapter_name, peft_config)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an additional adapter is not trainable by default
@@ -202,7 +211,13 @@ class SOrthModel(BaseTuner):
         if self.training:
             raise SOrthValueError("adapter_names= works in eval mode only; call model.eval().")
         known = set()
-        for layer in self.model.modules():
+        for name, layer in self.model.named_modules():
+            if isinstance(layer, MultiheadOutProj):
+                raise SOrthValueError(
+                    f"adapter_names= (mixed-adapter batches) cannot route samples through "
+                    f"{name!r}, the out_proj of a MultiheadAttention (its adapter acts on the "
+                    "weight the attention reads); run one adapter per batch (model.set_adapter)."
+                )
             if isinstance(layer, SOrthLayer):
                 known |= set(layer.sorth_on_weight)
         unknown = {a for a in adapter_names if a != "__base__"} - known
