@@ -119,6 +119,9 @@ class SOrthLayer(ActivationForward, WeightMerge, BaseTunerLayer):
         self.merged_adapters = []
         # (base weight before the first merge, adapter names of each merge call since)
         self._merge_snapshot: tuple[torch.Tensor, list[list[str]]] | None = None
+        # the base weight is tied to another module's (set by the tuner; Note [tied weights])
+        self.shares_weight = False
+        self._shared_weight: nn.Parameter | None = None  # the tied parameter, while merged
         self.in_features, self.out_features = self._feature_sizes(base_layer)
 
     # ----------------------------------------------------------------- per-type hooks

@@ -134,12 +134,28 @@ class WeightMerge:
             return
         W0 = self.get_base_weight()
         merged = self._merged(W0, names)
-        self.set_base_weight(merged)
-        if not self.merged_adapters and getattr(self, "quantization_backend", None) is None:
-            self._merge_snapshot = (W0, [])  # (a quantized weight is rebuilt: no snapshot)
+        if self.shares_weight and not self.merged_adapters:
+            self._untie(merged)  # Note [tied weights]: unmerge puts the tied parameter back
+        else:
+            self.set_base_weight(merged)
+        rebuilt = getattr(self, "quantization_backend", None) is not None  # (no snapshot)
+        if self._shared_weight is None and not self.merged_adapters and not rebuilt:
+            self._merge_snapshot = (W0, [])
         if self._merge_snapshot is not None:
             self._merge_snapshot[1].append(list(names))
         self.merged_adapters.extend(names)
+
+    def _untie(self, merged: torch.Tensor) -> None:
+        """Note [tied weights]: a base weight tied to another module's (``lm_head`` and
+        ``embed_tokens`` with ``tie_word_embeddings=True``) is one parameter; writing the merged
+        weight into it would change the other module too. The first merge therefore gives this
+        layer its own parameter holding the merged weight and keeps the tied one (no copy: the
+        other module holds it anyway); :meth:`unmerge` puts it back, tie and bits as before.
+        ``merge_and_unload`` leaves the two untied, and PEFT then sets the model config's
+        ``tie_word_embeddings=False``, so a saved merged model reloads as it was merged."""
+        base = self.get_base_layer()
+        self._shared_weight = base.weight
+        base.weight = torch.nn.Parameter(merged, requires_grad=base.weight.requires_grad)
 
     def _original_weight(self) -> torch.Tensor | None:
         """The weight before the merges if the current one is exactly what they wrote."""
@@ -170,6 +186,11 @@ class WeightMerge:
         left as they were."""
         if not self.merged_adapters:
             self._merge_snapshot = None
+            return
+        if self._shared_weight is not None:  # Note [tied weights]
+            self.get_base_layer().weight = self._shared_weight
+            self._shared_weight = None
+            self.merged_adapters.clear()
             return
         W = self._original_weight()
         if W is None:

@@ -114,6 +114,7 @@ class SOrthModel(BaseTuner):
                 continue
             self._check_target(config, key, module)
         record_injection(model, self)  # after the checks: a bad config changes nothing
+        self._tied = _shared_parameters(model)  # Note [tied weights] (sorth.tuner.merge)
         keep_4bit_layout(model)  # every 4-bit layer, adapted or not: Note [4-bit CPU layout]
 
     @staticmethod
@@ -178,6 +179,7 @@ class SOrthModel(BaseTuner):
         if layer_cls is Linear:  # Note [weight read by the parent] (MHA's out_proj, ...)
             layer_cls = weight_read_class(parent, target_name) or Linear
         new_module = layer_cls(target, adapter_name, peft_config)
+        new_module.shares_weight = id(getattr(target, "weight", None)) in getattr(self, "_tied", ())
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an additional adapter is not trainable by default
         self._replace_module(parent, target_name, new_module, target)
@@ -268,6 +270,15 @@ class SOrthModel(BaseTuner):
             raise
         transaction.guard(model, adapter_name, remapped)  # rolls back if the load reports errors
         return remapped
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """``id`` of every parameter that more than one module holds (tied weights)."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for _, p in model.named_parameters(remove_duplicate=False):
+        (shared if id(p) in seen else seen).add(id(p))
+    return shared
 
 
 def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
