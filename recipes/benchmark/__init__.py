@@ -56,8 +56,6 @@ from recipes.benchmark.report import gpu_table, machine, main_table, markdown, q
 from recipes.benchmark.settings import (
     DEFAULT_METHODS,
     HEAVY,
-    METHODS,
-    REGISTRY,
     ROWS,
     SWEEP_METHODS,
     Row,
@@ -82,9 +80,7 @@ __all__ = [
     "GPU_ROWS",
     "HEAVY",
     "LLAMA_TARGETS",
-    "METHODS",
     "QUANT_METHODS",
-    "REGISTRY",
     "ROWS",
     "SWEEP_METHODS",
     "UNET_TARGETS",

@@ -131,7 +131,7 @@ def test_inspect_measures_orthogonality(
     bad = tmp_path / "neumann"
     shutil.copytree(adapter_dir, bad)
     config = json.loads((bad / "adapter_config.json").read_text())
-    config.update(method="cayley_neumann", neumann_terms=2)
+    config.update(orthogonal_map="cayley_neumann", neumann_terms=2)
     (bad / "adapter_config.json").write_text(json.dumps(config))
 
     def worst() -> float:
