@@ -79,8 +79,7 @@ class _Launch:
             nprog = min(tiles, 2)
         self.nprog = nprog
         self.idx = idx
-        dummy = torch.zeros(1, dtype=torch.int32, device=x.device)
-        self.ptrs = [dummy if i is None else i for i in idx]
+        self.ptrs = [_dummy(x.device) if i is None else i for i in idx]
         self.meta = {
             "HAS_PR": idx[0] is not None,
             "HAS_P": idx[1] is not None,
@@ -175,13 +174,32 @@ def _indices(plan: ShufflePlan, sizes: Sequence[int], device: torch.device) -> t
     """``(P_R, P, P⁻¹, P_L⁻¹)`` as int32 index vectors (``None`` for identities)."""
     (pr, _), (p, p_inv), (_, pl_inv) = plan
     n_in, n_mid, n_out = sizes
-    out = (
-        plan_index(pr, n_in, device),
-        plan_index(p, n_mid, device),
-        plan_index(p_inv, n_mid, device),
-        plan_index(pl_inv, n_out, device),
+    return (
+        _index(pr, n_in, device),
+        _index(p, n_mid, device),
+        _index(p_inv, n_mid, device),
+        _index(pl_inv, n_out, device),
     )
-    return tuple(None if i is None else i.to(torch.int32) for i in out)
+
+
+def _index(s, n: int, device: torch.device) -> torch.Tensor | None:
+    """One plan entry as an int32 index vector; shuffles ``P_(q,n)`` are built once per device
+    (GSOFT's permutations are all shuffles: no index-building launches per call)."""
+    if isinstance(s, int):
+        return _shuffle_index(s, n, device)
+    i = plan_index(s, n, device)
+    return None if i is None else i.to(torch.int32)
+
+
+@functools.lru_cache(maxsize=256)
+def _shuffle_index(q: int, n: int, device: torch.device) -> torch.Tensor:
+    return plan_index(q, n, device).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=16)
+def _dummy(device: torch.device) -> torch.Tensor:
+    """The pointer passed for an absent permutation (never read: its ``HAS_*`` flag is off)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
 
 
 def kernel_class(x: torch.Tensor, factors: Sequence[torch.Tensor], plan: ShufflePlan) -> tuple:
