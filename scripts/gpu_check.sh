@@ -14,7 +14,8 @@
 # Wheels: (c) and (d) need peft (and transformers, accelerate, ...). On a machine without
 # them, carry the wheels in a folder and point WHEELS at it; they are unpacked into a temporary
 # folder put on PYTHONPATH (no pip, no network):
-#   pip download --no-deps -d build/gpu-wheels peft==0.21.2 psutil==7.2.2   # on a networked machine
+#   pip download --no-deps -d build/gpu-wheels peft==0.21.2   # on a networked machine (+ what
+#                                   # the JSON's environment.missing lists, e.g. psutil==7.2.2)
 #   WHEELS=build/gpu-wheels scripts/gpu_check.sh OUT_DIR
 # The JSON's environment.missing / carry_in name what this machine lacked.
 # Env: PYTHON (default python3), WHEELS (default build/gpu-wheels when it exists),
@@ -36,7 +37,9 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
     for whl in "$WHEELS"/*.whl; do
         "$PYTHON" -m zipfile -e "$whl" "$DEPS"   # a wheel is a zip of an installed tree
     done
-    echo "carried-in wheels from $WHEELS: $(cd "$WHEELS" && ls ./*.whl | xargs -n1 basename | tr '\n' ' ')"
+    SORTH_GPU_CHECK_WHEELS="$(cd "$WHEELS" && ls -- *.whl | tr '\n' ' ')"
+    export SORTH_GPU_CHECK_WHEELS  # recorded in the JSON (environment.carried_in)
+    echo "carried-in wheels from $WHEELS: $SORTH_GPU_CHECK_WHEELS"
 fi
 # the checkout first, then the carried-in wheels, then what the machine has
 export PYTHONPATH="$ROOT${DEPS:+:$DEPS}${PYTHONPATH:+:$PYTHONPATH}"

@@ -106,11 +106,20 @@ def environment(device: str) -> dict:
         env["gpu"] = {"name": p.name, "capability": f"{p.major}.{p.minor}",
                       "sms": p.multi_processor_count, "memory_gb": round(p.total_memory / 1e9, 1),
                       "l2_mb": round(getattr(p, "L2_cache_size", 0) / 2**20, 1)}  # fmt: skip
+    env["origins"] = {m: _origin(m) for m in ("sorth", "torch", "triton", "transformers", "peft")}
+    wheels = os.environ.get("SORTH_GPU_CHECK_WHEELS", "").split()
+    env["carried_in"] = {w: _origin(w.split("-")[0].lower()) for w in wheels}
     missing = [w for w in WHEELS if importlib.util.find_spec(MODULE_OF.get(w, w)) is None]
     pins = _constraints()
     env["missing"] = missing
     env["carry_in"] = [pins.get(w, w) for w in missing]
     return env
+
+
+def _origin(module: str) -> str | None:
+    """Where ``module`` is imported from (the checkout, a carried-in wheel, the machine)."""
+    spec = importlib.util.find_spec(module)
+    return None if spec is None else spec.origin
 
 
 def _version(name: str) -> str | None:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_writes_every_section(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"  # a carried-in wheel: unpacked onto PYTHONPATH by the script
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "gpucheckprobe-0.1-py3-none-any.whl", "w") as whl:
+        whl.writestr("gpucheckprobe/__init__.py", "")
     env = dict(os.environ, PYTHON=sys.executable, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    env["WHEELS"] = str(wheels)
     env.pop("PYTHONPATH", None)  # the script puts the checkout there itself
     out = subprocess.run(
         [str(ROOT / "scripts/gpu_check.sh"), str(tmp_path), "--quick", "--device", "cpu",
@@ -36,6 +42,11 @@ def test_dry_run_writes_every_section(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res["failed"] == []
     assert "stopped" not in res
+    origins = res["environment"]["origins"]
+    assert origins["sorth"] == str(ROOT / "sorth" / "__init__.py")  # the checkout, no install
+    [(wheel, origin)] = res["environment"]["carried_in"].items()
+    assert wheel == "gpucheckprobe-0.1-py3-none-any.whl"
+    assert "sorth-gpu-deps" in origin
     secs = res["sections"]
     assert list(secs) == ["a", "b", "c", "d"]
     assert not any(s.get("error") for s in secs.values())
