@@ -21,7 +21,8 @@ never while dynamo traces (``torch.compile`` runs the torch kernel) nor during C
 capture (that call runs the torch kernel, and the check waits for the next eager call), so the
 check's synchronizing comparison never lands inside a captured graph. Not recoverable: a kernel
 that writes out of bounds on a GPU leaves the CUDA context unusable for every kernel; the check
-reports it, but no fallback can help.
+reports it, but no fallback can help. Running out of memory is no kernel defect: it is raised
+as it is and gives no verdict.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def run_triton(
     try:
         on_error = functools.partial(_torch_backward, key, plan)
         return kernels.triton_gs_apply(x, factors, plan, on_error=on_error)
+    except torch.cuda.OutOfMemoryError:
+        raise  # no kernel defect: the torch kernel would need the memory too
     except Exception as err:
         _record(key, _cause("launch failed", err))
         return torch_gs_apply(x, factors, plan)
@@ -149,6 +152,8 @@ def run_triton(
 
 def _torch_backward(key: tuple, plan: ShufflePlan, err: Exception, *tensors: torch.Tensor):
     """``on_error`` of :func:`run_triton`: the gradients by the torch kernel (recomputed)."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        raise err
     _record(key, _cause("backward launch failed", err))
     h, R, L, gy = tensors
     with torch.enable_grad():
@@ -233,6 +238,8 @@ def _check(kernel, x: torch.Tensor, factors: Sequence[torch.Tensor], plan: Shuff
             )
             pairs = [((a - b).abs().max(), b.abs().max()) for a, b in zip(got, ref, strict=True)]
             errors = torch.stack([torch.stack(p) for p in pairs]).tolist()  # one sync, eager
+    except torch.cuda.OutOfMemoryError:
+        raise  # no verdict: the step itself would not fit either
     except Exception as err:
         return _cause("first-use check raised", err)
     tol = CHECK_TOLERANCE.get(x.dtype, CHECK_TOLERANCE[torch.float32])

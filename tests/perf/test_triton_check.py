@@ -325,3 +325,24 @@ def test_a_bad_sorth_gs_kernel_fails_at_import_with_one_line() -> None:
         "sorth.errors.MethodError: SORTH_GS_KERNEL='trition' is not a GS kernel; set it to one "
         "of ['auto', 'torch', 'triton'] or unset it."
     )
+
+
+def test_out_of_memory_is_raised_and_gives_no_verdict(monkeypatch) -> None:
+    """Running out of memory is no kernel defect: no fallback, no verdict, the next call checks."""
+
+    def oom(run, args, meta):
+        raise torch.cuda.OutOfMemoryError("injected: CUDA out of memory")
+
+    A = sorth.GSMatrix.gsoft(*[torch.randn(4, 4, 4, dtype=LOW, device=DEVICE)] * 2)
+    x = torch.randn(5, 16, dtype=LOW, device=DEVICE)
+    monkeypatch.setattr(triton_gs, "gs2_forward", Launches(triton_gs.gs2_forward, oom))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        A @ x  # in the first-use check
+    assert triton_checks() == {}
+    monkeypatch.undo()
+    monkeypatch.setattr(dispatch, "AUTO_DEVICES", ("cuda", "cpu"))
+    A @ x  # checked now, and passes
+    monkeypatch.setattr(triton_gs, "gs2_forward", Launches(triton_gs.gs2_forward, oom))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        A @ x  # in a later launch
+    assert list(triton_checks().values()) == ["passed"]
