@@ -6,13 +6,19 @@ breaks and how to fix it. They are raised when an object is built, never deep in
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 __all__ = [
     "BlockSizeError",
     "MethodError",
     "PermutationError",
     "SOrthValueError",
     "ShapeError",
+    "check_choice",
+    "check_positive_int",
     "divisors",
+    "renamed_keyword",
 ]
 
 
@@ -52,3 +58,32 @@ def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BlockSizeError(f"{name}={value!r} must be a positive integer.")
     return value
+
+
+def renamed_keyword(
+    where: str, old: str, new: str, old_value: Any, new_value: Any, default: Any
+) -> Any:
+    """The value of keyword ``new`` of ``where``, also accepted under its deprecated name ``old``.
+
+    ``old_value`` is ``None`` when ``old`` was not given; then ``new_value`` is returned. Else
+    ``old_value`` is returned with a :class:`DeprecationWarning` naming the new keyword, unless
+    ``new`` was given too with another value (``new_value`` not ``default``), which raises
+    :class:`SOrthValueError`: the two spellings disagree.
+
+    Example:
+        >>> renamed_keyword("f", "method", "orthogonal_map", None, "expm", "cayley")
+        'expm'
+    """
+    if old_value is None:
+        return new_value
+    if new_value != default and new_value != old_value:
+        raise SOrthValueError(
+            f"{where}: {new}={new_value!r} and its deprecated name {old}={old_value!r} disagree; "
+            f"pass only {new}=."
+        )
+    warnings.warn(
+        f"{where}({old}=...) is deprecated; the keyword is {new}= (here {new}={old_value!r}).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value

@@ -4,7 +4,7 @@ Every map takes an unconstrained square ``A`` (or the packed free entries of a s
 returns an orthogonal ``Q``; ``A = 0`` gives ``Q = I`` (identity at initialisation).
 
 ============================  ==========================================================
-method                        formula (``K = ½(A − Aᵀ)``, skew-symmetric)
+``orthogonal_map``            formula (``K = ½(A − Aᵀ)``, skew-symmetric)
 ============================  ==========================================================
 ``"cayley"``                  ``Q = (I + K)(I − K)⁻¹``, by a batched solve ``Q(I − K) = I + K``
 ``"expm"``                    ``Q = exp(K)``
@@ -36,11 +36,12 @@ from typing import Literal
 
 import torch
 
-from sorth.errors import ShapeError, check_choice, check_positive_int
+from sorth.errors import ShapeError, check_choice, check_positive_int, renamed_keyword
 
 __all__ = [
-    "METHODS",
     "NEUMANN_MAX_ERROR",
+    "ORTHOGONAL_MAPS",
+    "OrthogonalMap",
     "cayley",
     "cayley_neumann",
     "expm",
@@ -52,8 +53,9 @@ __all__ = [
     "unpack_skew",
 ]
 
-Method = Literal["cayley", "expm", "cayley_neumann"]
-METHODS: tuple[str, ...] = ("cayley", "expm", "cayley_neumann")
+# the orthogonal map of a block, named as torch's parametrizations.orthogonal(orthogonal_map=...)
+OrthogonalMap = Literal["cayley", "expm", "cayley_neumann"]
+ORTHOGONAL_MAPS: tuple[str, ...] = ("cayley", "expm", "cayley_neumann")
 NEUMANN_MAX_ERROR = 1e-2  # Note [neumann fallback]
 
 
@@ -223,24 +225,36 @@ def expm(K: torch.Tensor) -> torch.Tensor:
 
 def orthogonal_blocks(
     K: torch.Tensor,
-    method: Method = "cayley",
+    orthogonal_map: OrthogonalMap = "cayley",
     *,
     neumann_terms: int = 5,
     guess: torch.Tensor | None = None,
+    method: OrthogonalMap | None = None,
 ) -> torch.Tensor:
     """Orthogonal blocks from skew blocks ``K`` (``(..., b, b)``), in ``K``'s dtype.
 
-    See Note [precision]: the computation runs in float32/float64 with autocast off.
-    ``guess`` (Cayley only): a previous result, see :func:`cayley`.
+    Args:
+        K: skew-symmetric blocks ``(..., b, b)``.
+        orthogonal_map: one of :data:`ORTHOGONAL_MAPS` (table above).
+        neumann_terms: series length ``t`` for ``"cayley_neumann"``.
+        guess: (Cayley only) a previous result, see :func:`cayley`.
+        method: deprecated name of ``orthogonal_map`` (a :class:`DeprecationWarning`).
+
+    Returns:
+        Orthogonal ``Q`` of ``K``'s shape and dtype. See Note [precision]: the computation runs in
+        float32/float64 with autocast off.
     """
-    check_choice("method", method, METHODS)
+    orthogonal_map = renamed_keyword(
+        "orthogonal_blocks", "method", "orthogonal_map", method, orthogonal_map, "cayley"
+    )
+    check_choice("orthogonal_map", orthogonal_map, ORTHOGONAL_MAPS)
     _check_square(K)
     out_dtype = K.dtype
     Kc = K.to(_compute_dtype(out_dtype))
     with torch.autocast(device_type=K.device.type, enabled=False):
-        if method == "cayley":
+        if orthogonal_map == "cayley":
             Q = cayley(Kc, None if guess is None else guess.detach())
-        elif method == "expm":
+        elif orthogonal_map == "expm":
             Q = expm(Kc)
         else:
             Q = cayley_neumann(Kc, neumann_terms, max_error=NEUMANN_MAX_ERROR)

@@ -24,12 +24,13 @@ structure      Q                                                factors × block
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Literal
 
 import torch
 from torch import nn
 
-from sorth.errors import BlockSizeError, check_choice, check_positive_int
+from sorth.errors import BlockSizeError, check_choice, check_positive_int, renamed_keyword
 from sorth.gs import (
     GSMatrix,
     ShufflePlan,
@@ -37,7 +38,7 @@ from sorth.gs import (
     resolve_blocks,
     shuffle_plan,
 )
-from sorth.orthogonal import METHODS, Method, orthogonal_blocks, skew, unpack_skew
+from sorth.orthogonal import ORTHOGONAL_MAPS, OrthogonalMap, orthogonal_blocks, skew, unpack_skew
 from sorth.permutations import compose_permutations, invert_permutation
 
 __all__ = ["STORAGES", "STRUCTURES", "GSOrthogonal"]
@@ -99,8 +100,8 @@ class _FactorCache:
 
 def _cache_meta(module: GSOrthogonal) -> tuple:
     shapes = tuple((p.shape, p.dtype, p.device) for p in module.params)
-    warm = module.training and module.method == "cayley"  # see _compute_factors
-    return (*shapes, module.method, module.neumann_terms, module.storage, warm)
+    warm = module.training and module.orthogonal_map == "cayley"  # see _compute_factors
+    return (*shapes, module.orthogonal_map, module.neumann_terms, module.storage, warm)
 
 
 class GSOrthogonal(nn.Module):
@@ -110,7 +111,8 @@ class GSOrthogonal(nn.Module):
         n: feature size.
         nblocks: ``r``, blocks per factor (exactly one of ``nblocks`` / ``block_size``).
         block_size: ``b = n / r``.
-        method: ``"cayley"`` (exact solve), ``"expm"`` or ``"cayley_neumann"``.
+        orthogonal_map: the map of each block (:data:`sorth.orthogonal.ORTHOGONAL_MAPS`):
+            ``"cayley"`` (exact solve), ``"expm"`` or ``"cayley_neumann"``.
         structure: ``"gs"`` (default), ``"oft"``, ``"butterfly"`` or ``"monarch"``.
         n_factors: number of factors for ``"gs"`` (default 2) and ``"butterfly"`` (default
             ``1 + ⌈log2 r⌉``, the fewest that give a dense matrix, capped at ``1 + log2`` of the
@@ -120,6 +122,7 @@ class GSOrthogonal(nn.Module):
         block_dropout: during training, each block is replaced by the identity with this
             probability (multiplicative dropout; ``Q`` stays orthogonal).
         device, dtype: factory kwargs for the parameters.
+        method: deprecated name of ``orthogonal_map`` (a :class:`DeprecationWarning`).
 
     Example:
         >>> q = GSOrthogonal(768, block_size=8)
@@ -132,7 +135,7 @@ class GSOrthogonal(nn.Module):
         *,
         nblocks: int | None = None,
         block_size: int | None = None,
-        method: Method = "cayley",
+        orthogonal_map: OrthogonalMap = "cayley",
         structure: Structure = "gs",
         n_factors: int | None = None,
         neumann_terms: int = 5,
@@ -140,9 +143,13 @@ class GSOrthogonal(nn.Module):
         block_dropout: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        method: OrthogonalMap | None = None,
     ):
         super().__init__()
-        check_choice("method", method, METHODS)
+        orthogonal_map = renamed_keyword(
+            "GSOrthogonal", "method", "orthogonal_map", method, orthogonal_map, "cayley"
+        )
+        check_choice("orthogonal_map", orthogonal_map, ORTHOGONAL_MAPS)
         check_choice("structure", structure, STRUCTURES)
         check_choice("storage", storage, STORAGES)
         check_positive_int("neumann_terms", neumann_terms)
@@ -151,7 +158,7 @@ class GSOrthogonal(nn.Module):
         r, b = resolve_blocks(n, nblocks=nblocks, block_size=block_size)
         m = self._resolve_factors(structure, n, r, b, n_factors)
         self.n, self.nblocks, self.block_size, self.n_factors = n, r, b, m
-        self.method, self.structure, self.storage = method, structure, storage
+        self.orthogonal_map, self.structure, self.storage = orthogonal_map, structure, storage
         self.neumann_terms, self.block_dropout = neumann_terms, float(block_dropout)
         self._shapes = _factor_shapes(structure, n, r, b, m)
         self._uniform = len(set(self._shapes)) == 1
@@ -229,10 +236,10 @@ class GSOrthogonal(nn.Module):
         on the training history, not even in the last bit."""
         skews = [self._skew(p, b) for p, (_, b) in zip(self.params, self._shapes, strict=True)]
         groups = [torch.stack(skews)] if self._uniform else skews  # uniform: one batched solve
-        warm_up = self.training and self.method == "cayley"
+        warm_up = self.training and self.orthogonal_map == "cayley"
         warm = (self.__dict__.get("_warm_start") if warm_up else None) or [None] * len(groups)
         Qs = [
-            orthogonal_blocks(K, self.method, neumann_terms=self.neumann_terms, guess=g)
+            orthogonal_blocks(K, self.orthogonal_map, neumann_terms=self.neumann_terms, guess=g)
             for K, g in zip(groups, warm, strict=True)
         ]
         if warm_up:
@@ -293,6 +300,25 @@ class GSOrthogonal(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
 
     @property
+    def method(self) -> str:
+        """Deprecated name of :attr:`orthogonal_map` (a :class:`DeprecationWarning`)."""
+        warnings.warn(
+            "GSOrthogonal.method is deprecated; the attribute is orthogonal_map.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.orthogonal_map
+
+    @method.setter
+    def method(self, value: str) -> None:
+        warnings.warn(
+            "GSOrthogonal.method is deprecated; the attribute is orthogonal_map.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.orthogonal_map = value
+
+    @property
     def num_parameters(self) -> int:
         """Trainable parameters actually stored (see Note [storage])."""
         return sum(p.numel() for p in self.params)
@@ -300,6 +326,7 @@ class GSOrthogonal(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n={self.n}, nblocks={self.nblocks}, block_size={self.block_size}, "
-            f"structure={self.structure!r}, n_factors={self.n_factors}, method={self.method!r}, "
+            f"structure={self.structure!r}, n_factors={self.n_factors}, "
+            f"orthogonal_map={self.orthogonal_map!r}, "
             f"storage={self.storage!r}"
         )

@@ -88,12 +88,12 @@ SORTH_CASES = [
         {"target_modules": ["lin1"], "structure": "monarch", "block_size": 4},
     ),
     # ---- method
-    ("MLP expm", "MLP", C, {"target_modules": ["lin0", "lin1"], "method": "expm"}),
+    ("MLP expm", "MLP", C, {"target_modules": ["lin0", "lin1"], "orthogonal_map": "expm"}),
     (
         "MLP cayley_neumann",
         "MLP",
         C,
-        {"target_modules": ["lin0", "lin1"], "method": "cayley_neumann"},
+        {"target_modules": ["lin0", "lin1"], "orthogonal_map": "cayley_neumann"},
     ),
     (
         "MLP2 monarch cayley_neumann output",
@@ -102,7 +102,7 @@ SORTH_CASES = [
         {
             "target_modules": ["lin0"],
             "structure": "monarch",
-            "method": "cayley_neumann",
+            "orthogonal_map": "cayley_neumann",
             "side": "both",
             "block_size": 2,
         },
@@ -162,7 +162,7 @@ SORTH_CASES = [
             "target_modules": ["conv2d"],
             "side": "both",
             "block_size": 4,
-            "method": "cayley_neumann",
+            "orthogonal_map": "cayley_neumann",
         },
     ),
 ]
@@ -212,7 +212,7 @@ MULTIPLE_ACTIVE_CASES = [
         {
             "target_modules": ["lin1"],
             "structure": "monarch",
-            "method": "cayley_neumann",
+            "orthogonal_map": "cayley_neumann",
             "block_size": 4,
             "init_weights": False,
         },

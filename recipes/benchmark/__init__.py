@@ -34,6 +34,8 @@ Modules, one concern each: ``settings`` (the rows and the options), ``workloads`
 (the fresh-process probe), ``comparison`` (the main table), ``kernel`` (the GS multiply alone),
 ``sweep`` (the hidden-size sweep and its plot), ``quant`` (``--quant``), ``gpu`` (the GPU table),
 ``report`` (markdown and targets), ``cli`` (flags and ``main``). Every name is re-exported here.
+The prepared GPU check (``scripts/gpu_check.sh``, ``python -m recipes.benchmark.gpu_check``) is
+``gpu_check`` with ``gpu_accuracy``, ``gpu_finetune`` and ``gpu_report``; it reuses ``gpu``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from recipes.benchmark.adapters import (
 )
 from recipes.benchmark.cli import main, parse
 from recipes.benchmark.comparison import run_main
-from recipes.benchmark.gpu import GPU_ROWS, gs_bandwidth, run_gpu
+from recipes.benchmark.gpu import GPU_ROWS, device_times, gpu_rows, gs_bandwidth, gs_kernel, run_gpu
 from recipes.benchmark.kernel import gs_kernel_throughput
 from recipes.benchmark.memory import memory_in_fresh_process, probe_memory
 from recipes.benchmark.quant import QUANT_METHODS, run_quant
@@ -56,8 +58,6 @@ from recipes.benchmark.report import gpu_table, machine, main_table, markdown, q
 from recipes.benchmark.settings import (
     DEFAULT_METHODS,
     HEAVY,
-    METHODS,
-    REGISTRY,
     ROWS,
     SWEEP_METHODS,
     Row,
@@ -82,9 +82,7 @@ __all__ = [
     "GPU_ROWS",
     "HEAVY",
     "LLAMA_TARGETS",
-    "METHODS",
     "QUANT_METHODS",
-    "REGISTRY",
     "ROWS",
     "SWEEP_METHODS",
     "UNET_TARGETS",
@@ -94,8 +92,11 @@ __all__ = [
     "boft_factors",
     "butterfly_factors",
     "checkpoint_bytes",
+    "device_times",
+    "gpu_rows",
     "gpu_table",
     "gs_bandwidth",
+    "gs_kernel",
     "gs_kernel_throughput",
     "interleaved",
     "llama_config",

@@ -17,7 +17,7 @@ from recipes.benchmark.kernel import gs_kernel_throughput
 from recipes.benchmark.memory import probe_memory
 from recipes.benchmark.quant import run_quant
 from recipes.benchmark.report import machine, markdown, quant_table, targets
-from recipes.benchmark.settings import DEFAULT_METHODS, HEAVY, METHODS, Settings
+from recipes.benchmark.settings import DEFAULT_METHODS, HEAVY, ROWS, Settings
 from recipes.benchmark.sweep import plot, run_sweep
 
 
@@ -33,7 +33,7 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     p.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
-        help=f"comma-separated subset of {','.join(METHODS)} (lora is the reference)",
+        help=f"comma-separated subset of {','.join(ROWS)} (lora is the reference)",
     )
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -71,9 +71,9 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     p.add_argument("--probe-memory", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     methods = tuple(m for m in a.methods.split(",") if m)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ROWS]
     if unknown:
-        p.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        p.error(f"unknown method(s) {unknown}; choose from {list(ROWS)}")
     if "lora" not in methods:
         methods = ("lora", *methods)
     s = Settings(

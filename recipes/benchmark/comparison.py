@@ -20,7 +20,7 @@ from recipes.benchmark.adapters import (
     wrap,
 )
 from recipes.benchmark.memory import memory_in_fresh_process
-from recipes.benchmark.settings import HEAVY, METHODS, Settings
+from recipes.benchmark.settings import HEAVY, ROWS, Settings
 from recipes.benchmark.timing import interleaved, make_infer, make_step, median, paired_ratio
 from recipes.benchmark.workloads import make_workload
 
@@ -36,7 +36,7 @@ def run_main(s: Settings, argv: list[str]) -> dict:
         print(f"building {name} ...", flush=True)
         model = wrap(name, w, s)
         models[name] = model
-        label, what = METHODS[name]
+        label, what = ROWS[name].display, ROWS[name].what
         row = {
             "label": label,
             "what": what.format(b=b, m=m_req, lora_r=s.lora_r),

@@ -10,7 +10,7 @@ import torch
 
 from recipes.benchmark.adapters import wrap
 from recipes.benchmark.memory import memory_in_fresh_process
-from recipes.benchmark.settings import METHODS, Settings
+from recipes.benchmark.settings import ROWS, Settings
 from recipes.benchmark.timing import interleaved, make_step, median, paired_ratio
 from recipes.benchmark.workloads import Workload, make_workload
 
@@ -40,7 +40,7 @@ def run_quant(s: Settings, argv: list[str], merge_steps: int = 10) -> dict:
     models = {n: wrap(n, w, s) for n in methods}
     rows: dict[str, dict] = {}
     for n, model in models.items():
-        label, what = METHODS[n]
+        label, what = ROWS[n].display, ROWS[n].what
         what = what.format(b=s.block_size, m=0, lora_r=s.lora_r)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows[n] = {"label": label, "what": what, "trainable_params": trainable}

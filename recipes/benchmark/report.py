@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from recipes.benchmark.settings import METHODS, Settings
+from recipes.benchmark.settings import ROWS, Settings
 from recipes.benchmark.sweep import loglog_slope
 from recipes.benchmark.workloads import LLAMA_TARGETS, UNET_TARGETS
 
@@ -248,7 +248,7 @@ def markdown(res: dict, s: Settings) -> str:
         ]
         for n, pts in sw["steps"].items():
             cells = [f"{pts[d]:.0f}" if d in pts else "–" for d in ds]
-            lines.append(f"| {METHODS[n][0]} (`{n}`) | " + " | ".join(cells) + " |")
+            lines.append(f"| {ROWS[n].display} (`{n}`) | " + " | ".join(cells) + " |")
         rot = sw["rotation"]
         lines += [
             "| GSOFT rotation, µs/token | "

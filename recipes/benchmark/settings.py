@@ -1,6 +1,7 @@
 """What is benchmarked: the table rows (registry methods with their overrides) and the settings.
 
-A row name maps to a method of ``sorth.integrations.methods`` and the "structure" cell of its row;
+A row name maps to a method of the one registry, ``sorth.integrations.methods.METHODS``, and adds
+only the benchmark's own columns (the "structure" cell, config overrides, a label override);
 ``Settings`` holds every option of the command line (``recipes.benchmark.cli.parse``).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from sorth.integrations.methods import METHODS as REGISTRY
+from sorth.integrations.methods import METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +22,11 @@ class Row:
     what: str
     overrides: tuple[tuple[str, object], ...] = ()
     label: str | None = None
+
+    @property
+    def display(self) -> str:
+        """How tables and plots name the row: ``label``, else the registry's label."""
+        return self.label or METHODS[self.method].label
 
 
 # row name -> Row; every name is a registry method, or one with a documented override
@@ -38,11 +44,7 @@ ROWS: dict[str, Row] = {
     "butterfly": Row("butterfly", "BOFT structure, b={b}, m = 1 + log2 r"),
     "oft": Row("oft", "block-diagonal, b={b}"),
 }
-# name -> (label, what it is)
-METHODS: dict[str, tuple[str, str]] = {
-    name: (row.label or REGISTRY[row.method].label, row.what) for name, row in ROWS.items()
-}
-DEFAULT_METHODS = tuple(METHODS)
+DEFAULT_METHODS = tuple(ROWS)
 HEAVY = ("peft_boft_shim",)  # O(m·d³) per step: timed in a short separate loop
 SWEEP_METHODS = ("lora", "peft_oft", "gsoft", "double_gsoft", "butterfly", "oft", "peft_boft")
 

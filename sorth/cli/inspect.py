@@ -45,7 +45,7 @@ def _rotation_from_params(
     kwargs = {
         "nblocks": r,
         "structure": structure,
-        "method": config.get("method", "cayley"),
+        "orthogonal_map": _orthogonal_map(config),
         "storage": storage,
         "neumann_terms": config.get("neumann_terms", 5),
     }
@@ -61,6 +61,13 @@ def _rotation_from_params(
             f"storage={storage!r}): {detail[-1] if detail else err}"
         ) from None
     return q, {"n": q.n, "nblocks": q.nblocks, "block_size": q.block_size}
+
+
+def _orthogonal_map(config: dict[str, Any]) -> str:
+    """The orthogonal map of a saved ``adapter_config.json``; folders saved before the
+    ``orthogonal_map`` name call it ``"method"`` (Note [old adapter folders] in
+    :mod:`sorth.tuner.config`)."""
+    return config.get("orthogonal_map", config.get("method", "cayley"))
 
 
 def _measure(q: Any, density_cache: dict[tuple, float]) -> dict[str, Any]:
@@ -186,7 +193,8 @@ def print_inspect(info: dict[str, Any]) -> None:
     print(
         f"  base model: {c.get('base_model_name_or_path')}  |  method={info['method']} "
         f"structure={c.get('structure')} "
-        f"side={c.get('side')} {size} method={c.get('method')} storage={c.get('storage')} "
+        f"side={c.get('side')} {size} orthogonal_map={_orthogonal_map(c)} "
+        f"storage={c.get('storage')} "
         f"scale={c.get('scale')}"
     )
     print(f"  targets: {targets}")

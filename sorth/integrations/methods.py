@@ -58,6 +58,12 @@ class Method:
     size: str
     fixed: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def size_flag(self) -> str:
+        """The one size flag that scales it: ``"rank"`` or ``"block_size"`` (a sorth method's
+        ``nblocks`` is the same choice expressed as ``r = n / b``)."""
+        return "rank" if self.size == "rank" else "block_size"
+
 
 def _m(name: str, label: str, library: str, config: str, size: str, **fixed: Any) -> Method:
     return Method(name, label, library, config, size, fixed)

@@ -9,10 +9,15 @@ triton     :mod:`sorth.kernels.triton_gs` (fused, Note [Triton GS])  CUDA, 2 fac
 reference  :mod:`sorth.kernels.reference` (dense)                   tests only
 =========  ======================================================  ==========================
 
-The choice is ``"auto"`` unless the environment variable ``SORTH_GS_KERNEL`` or
-:func:`use_kernel` says ``"torch"`` or ``"triton"``. Forcing ``"triton"`` where it cannot run
-raises :class:`~sorth.errors.MethodError` naming the reason. Triton is imported lazily, the
-first time the Triton kernel is chosen, so ``import sorth`` never needs it.
+The choice is ``"auto"`` unless the environment variable ``SORTH_GS_KERNEL`` (read and checked
+once, when ``sorth`` is imported: any case, surrounding spaces ignored, empty means ``"auto"``)
+or :func:`use_kernel` says ``"torch"`` or ``"triton"``. The first time the Triton kernel is
+picked for a kernel class it is checked against the torch kernel on a slice of the real input;
+with ``"auto"`` a failure warns once and the torch kernel runs for that class from then on,
+forced it raises (Note [Triton check] in :mod:`sorth.kernels.triton_check`). Forcing
+``"triton"`` where it cannot run raises :class:`~sorth.errors.MethodError` naming the reason.
+Triton is imported lazily, the first time the Triton kernel is chosen, so ``import sorth`` never
+needs it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from sorth.errors import MethodError, check_choice
 from sorth.kernels.plan import Perm, ShufflePlan, shuffle_plan
 from sorth.kernels.torch_gs import torch_gs_apply
+from sorth.kernels.triton_check import run_triton, triton_fits, triton_verdict
 
 __all__ = [
     "KERNELS",
@@ -39,9 +45,24 @@ __all__ = [
 ]
 
 KERNELS: tuple[str, ...] = ("auto", "torch", "triton")
+AUTO_DEVICES = ("cuda",)  # where "auto" sends work to Triton (tests add "cpu" + the interpreter)
 TRITON_DTYPES = (torch.float16, torch.bfloat16)  # what "auto" sends to Triton on CUDA
 MAX_TRITON_BLOCK = 128  # larger blocks make the kernel's register tiles too big ("auto")
-_choice: list[str] = [os.environ.get("SORTH_GS_KERNEL", "auto")]
+
+
+def _kernel_from_env() -> str:
+    """``SORTH_GS_KERNEL``, checked at import: any case, empty or unset = ``"auto"``."""
+    raw = os.environ.get("SORTH_GS_KERNEL", "")
+    name = raw.strip().lower() or "auto"
+    if name not in KERNELS:
+        raise MethodError(
+            f"SORTH_GS_KERNEL={raw!r} is not a GS kernel; set it to one of {list(KERNELS)} "
+            "or unset it."
+        )
+    return name
+
+
+_choice: list[str] = [_kernel_from_env()]
 
 
 def gs_apply(
@@ -79,24 +100,29 @@ def _run(x: torch.Tensor, factors: Sequence[torch.Tensor], plan: ShufflePlan) ->
     if torch.compiler.is_compiling():  # dynamo traces the torch kernel (no Triton launch inside)
         return torch_gs_apply(x, factors, plan)
     if select_kernel(x, factors) == "triton":
-        from sorth.kernels.triton_gs import triton_gs_apply
-
-        return triton_gs_apply(x, factors, plan)
+        forced = _choice[0] == "triton"
+        if triton_fits(x, factors, plan, forced):  # Note [Triton check]
+            return run_triton(x, factors, plan, forced)
     return torch_gs_apply(x, factors, plan)
 
 
-def select_kernel(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> str:
+def select_kernel(
+    x: torch.Tensor, factors: Sequence[torch.Tensor], plan: ShufflePlan | None = None
+) -> str:
     """``"torch"`` or ``"triton"``: the kernel :func:`gs_apply` runs for this input.
 
     ``"auto"`` picks Triton for a 2-factor chain on CUDA in fp16/bf16 when triton is
     importable (never under ``torch.compile``, which traces the torch kernel), torch otherwise.
+    With ``plan`` (:attr:`sorth.GSMatrix.plan`) the answer also reflects a failed first-use
+    check of this kernel class (Note [Triton check]); it never runs one.
     """
     choice = _choice[0]
-    if choice == "torch" or (choice == "auto" and x.device.type != "cuda"):  # the hot CPU path
-        return "torch"
-    check_choice("SORTH_GS_KERNEL / use_kernel", choice, KERNELS)
+    if choice == "torch" or (choice == "auto" and x.device.type not in AUTO_DEVICES):
+        return "torch"  # the hot CPU path
     reason = _triton_unfit(x, factors, strict=choice == "triton")
     if reason is None:
+        if choice == "auto" and plan is not None and triton_verdict(x, factors, plan) is False:
+            return "torch"
         return "triton"
     if choice == "triton":
         raise MethodError(f"the Triton GS kernel was forced but cannot run: {reason}.")
@@ -105,7 +131,8 @@ def select_kernel(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> str:
 
 def _triton_unfit(x: torch.Tensor, factors: Sequence[torch.Tensor], strict: bool) -> str | None:
     """Why the Triton kernel cannot (``strict``: must not) run here, or ``None``."""
-    if x.device.type != "cuda" and not (strict and os.environ.get("TRITON_INTERPRET") == "1"):
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if x.device.type != "cuda" and not (interpreted and (strict or x.device.type in AUTO_DEVICES)):
         return f"input is on {x.device.type}; it runs on CUDA (or on CPU with TRITON_INTERPRET=1)"
     if len(factors) != 2:
         return f"it handles 2-factor chains, this one has {len(factors)} (use 'torch')"

@@ -31,7 +31,7 @@ bf16 dot with fp32 accumulation computes. Tile sizes are not tuned on a GPU yet.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import triton
@@ -40,7 +40,7 @@ from torch.autograd.function import once_differentiable
 from sorth.kernels.plan import ShufflePlan, plan_index
 from sorth.kernels.triton_kernels import _INTERPRET, gs2_backward, gs2_forward
 
-__all__ = ["triton_gs_apply"]
+__all__ = ["kernel_class", "triton_gs_apply"]
 
 SCRATCH_BYTES = 32 << 20  # cap on all programs' scratch slots together (Note [Triton GS])
 
@@ -79,8 +79,7 @@ class _Launch:
             nprog = min(tiles, 2)
         self.nprog = nprog
         self.idx = idx
-        dummy = torch.zeros(1, dtype=torch.int32, device=x.device)
-        self.ptrs = [dummy if i is None else i for i in idx]
+        self.ptrs = [_dummy(x.device) if i is None else i for i in idx]
         self.meta = {
             "HAS_PR": idx[0] is not None,
             "HAS_P": idx[1] is not None,
@@ -111,11 +110,23 @@ class _Launch:
         )
 
 
+# ``on_error(err, h, R, L, gy) -> (∂h, ∂R, ∂L)``: gradients by another kernel when the backward
+# launch raises (the dispatch's fallback, Note [Triton check]); ``None`` lets the error through.
+BackwardFallback = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 class _TritonGS2(torch.autograd.Function):
     """``y = P_L L P R P_R x`` on ``(M, n_in)`` rows (Note [Triton GS]); first-order backward."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, R: torch.Tensor, L: torch.Tensor, idx: tuple):
+    def forward(
+        ctx,
+        h: torch.Tensor,
+        R: torch.Tensor,
+        L: torch.Tensor,
+        idx: tuple,
+        on_error: BackwardFallback | None,
+    ) -> torch.Tensor:
         R, L = R.contiguous(), L.contiguous()
         h = h.contiguous()
         run = _Launch(h, R, L, idx)
@@ -125,49 +136,88 @@ class _TritonGS2(torch.autograd.Function):
             pr, _, pinv, plinv = run.ptrs
             gs2_forward[(run.nprog,)](h, R, L, y, scratch, pr, pinv, plinv, *run.sizes, **run.meta)
         ctx.save_for_backward(h, R, L)
-        ctx.idx = idx
+        ctx.idx, ctx.on_error = idx, on_error
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor):
         h, R, L = ctx.saved_tensors
-        run = _Launch(h, R, L, ctx.idx)
         gy = gy.contiguous().to(h.dtype)
-        gx = torch.empty_like(h)
-        dR = torch.zeros(run.nprog, *R.shape, dtype=torch.float32, device=h.device)
-        dL = torch.zeros(run.nprog, *L.shape, dtype=torch.float32, device=h.device)
-        if run.M:
-            su = h.new_empty(run.nprog * run.BM * run.n_mid)
-            sg = torch.empty_like(su)
-            pr, pfwd, pinv, plinv = run.ptrs
-            gs2_backward[(run.nprog,)](
-                h, R, L, gy, gx, su, sg, dR, dL, pr, pfwd, pinv, plinv, *run.sizes, **run.meta
-            )
+        try:
+            gx, dR, dL = _backward(h, R, L, gy, ctx.idx)
+        except Exception as err:
+            if ctx.on_error is None:
+                raise
+            gx, dR, dL = ctx.on_error(err, h, R, L, gy)
         need_h, need_r, need_l = ctx.needs_input_grad[:3]
-        return (
-            gx if need_h else None,
-            dR.sum(0).to(R.dtype) if need_r else None,
-            dL.sum(0).to(L.dtype) if need_l else None,
-            None,
+        return gx if need_h else None, dR if need_r else None, dL if need_l else None, None, None
+
+
+def _backward(h: torch.Tensor, R: torch.Tensor, L: torch.Tensor, gy: torch.Tensor, idx: tuple):
+    """``(∂ℓ/∂h, ∂ℓ/∂R, ∂ℓ/∂L)`` by one launch of ``gs2_backward`` (Note [Triton GS])."""
+    run = _Launch(h, R, L, idx)
+    gx = torch.empty_like(h)
+    dR = torch.zeros(run.nprog, *R.shape, dtype=torch.float32, device=h.device)
+    dL = torch.zeros(run.nprog, *L.shape, dtype=torch.float32, device=h.device)
+    if run.M:
+        su = h.new_empty(run.nprog * run.BM * run.n_mid)
+        sg = torch.empty_like(su)
+        pr, pfwd, pinv, plinv = run.ptrs
+        gs2_backward[(run.nprog,)](
+            h, R, L, gy, gx, su, sg, dR, dL, pr, pfwd, pinv, plinv, *run.sizes, **run.meta
         )
+    return gx, dR.sum(0).to(R.dtype), dL.sum(0).to(L.dtype)
 
 
 def _indices(plan: ShufflePlan, sizes: Sequence[int], device: torch.device) -> tuple:
     """``(P_R, P, P⁻¹, P_L⁻¹)`` as int32 index vectors (``None`` for identities)."""
     (pr, _), (p, p_inv), (_, pl_inv) = plan
     n_in, n_mid, n_out = sizes
-    out = (
-        plan_index(pr, n_in, device),
-        plan_index(p, n_mid, device),
-        plan_index(p_inv, n_mid, device),
-        plan_index(pl_inv, n_out, device),
+    return (
+        _index(pr, n_in, device),
+        _index(p, n_mid, device),
+        _index(p_inv, n_mid, device),
+        _index(pl_inv, n_out, device),
     )
-    return tuple(None if i is None else i.to(torch.int32) for i in out)
+
+
+def _index(s, n: int, device: torch.device) -> torch.Tensor | None:
+    """One plan entry as an int32 index vector; shuffles ``P_(q,n)`` are built once per device
+    (GSOFT's permutations are all shuffles: no index-building launches per call)."""
+    if isinstance(s, int):
+        return _shuffle_index(s, n, device)
+    i = plan_index(s, n, device)
+    return None if i is None else i.to(torch.int32)
+
+
+@functools.lru_cache(maxsize=256)
+def _shuffle_index(q: int, n: int, device: torch.device) -> torch.Tensor:
+    return plan_index(q, n, device).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=16)
+def _dummy(device: torch.device) -> torch.Tensor:
+    """The pointer passed for an absent permutation (never read: its ``HAS_*`` flag is off)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def kernel_class(x: torch.Tensor, factors: Sequence[torch.Tensor], plan: ShufflePlan) -> tuple:
+    """The compiled variant a call needs (its device, dtype and constexprs), Note [Triton check].
+
+    ``(device, dtype, padded (b_R1, b_R2, b_L1, b_L2), (has P_R, has P, has P_L))``.
+    """
+    R, L = factors
+    (pr, _), (p, _), (_, pl_inv) = plan
+    blocks = tuple(_pad(b) for b in (*R.shape[1:], *L.shape[1:]))
+    return str(x.device), x.dtype, blocks, (pr is not None, p is not None, pl_inv is not None)
 
 
 def triton_gs_apply(
-    x: torch.Tensor, factors: Sequence[torch.Tensor], plan: ShufflePlan
+    x: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    plan: ShufflePlan,
+    on_error: BackwardFallback | None = None,
 ) -> torch.Tensor:
     """``y = P_L · L · P · R · P_R · x`` on the last dim by the fused kernel (Note [Triton GS]).
 
@@ -176,6 +226,9 @@ def triton_gs_apply(
         factors: ``[R, L]``, ``R``: ``(k_R, b_R1, b_R2)``, ``L``: ``(k_L, b_L1, b_L2)``, in
             ``x``'s dtype.
         plan: the shuffle plan of ``[P_R, P, P_L]`` (:func:`~sorth.kernels.plan.shuffle_plan`).
+        on_error: computes the gradients instead when the backward launch raises,
+            ``on_error(err, h, R, L, gy) -> (∂h, ∂R, ∂L)`` on the ``(M, n_in)`` rows ``h``;
+            ``None`` (default) lets the error through.
 
     Returns:
         ``(..., n_out)`` in ``x``'s dtype; differentiable once in ``x``, ``R`` and ``L``.
@@ -184,5 +237,5 @@ def triton_gs_apply(
     n_in = R.shape[0] * R.shape[2]
     sizes = (n_in, R.shape[0] * R.shape[1], L.shape[0] * L.shape[1])
     idx = _indices(plan, sizes, x.device)
-    y = _TritonGS2.apply(x.reshape(-1, n_in), R, L, idx)
+    y = _TritonGS2.apply(x.reshape(-1, n_in), R, L, idx, on_error)
     return y.view(*x.shape[:-1], sizes[2])

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sorth.errors import ShapeError, check_positive_int
-from sorth.orthogonal import Method, cayley, unpack_skew
+from sorth.errors import ShapeError, check_positive_int, renamed_keyword
+from sorth.orthogonal import OrthogonalMap, cayley, unpack_skew
 from sorth.parametrizations import GSOrthogonal
 
 __all__ = ["CayleyLinear", "GSOrthogonalLinear"]
@@ -59,9 +59,11 @@ class GSOrthogonalLinear(_OrthogonalLinearBase):
         nblocks: blocks per GS factor (exactly one of ``nblocks`` / ``block_size``; default
             ``block_size`` = the largest power of two ``≤ √n`` dividing ``n``).
         block_size: block size ``b``.
-        method: orthogonal map of the blocks (``"cayley"``, ``"expm"``, ``"cayley_neumann"``).
+        orthogonal_map: orthogonal map of the blocks (``"cayley"``, ``"expm"``,
+            ``"cayley_neumann"``).
         init_std: std of the random skew generators (0 gives ``Q = I``).
         generator, device, dtype: initialisation RNG and factory kwargs.
+        method: deprecated name of ``orthogonal_map`` (a :class:`DeprecationWarning`).
 
     Example:
         >>> lin = GSOrthogonalLinear(64, 10, block_size=8)
@@ -77,18 +79,22 @@ class GSOrthogonalLinear(_OrthogonalLinearBase):
         *,
         nblocks: int | None = None,
         block_size: int | None = None,
-        method: Method = "cayley",
+        orthogonal_map: OrthogonalMap = "cayley",
         init_std: float = 0.5,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        method: OrthogonalMap | None = None,
     ):
+        orthogonal_map = renamed_keyword(
+            "GSOrthogonalLinear", "method", "orthogonal_map", method, orthogonal_map, "cayley"
+        )
         super().__init__(in_features, out_features, bias, {"device": device, "dtype": dtype})
         if nblocks is None and block_size is None:
             block_size = _default_block_size(self.n)
         self.orth = GSOrthogonal(
-            self.n, nblocks=nblocks, block_size=block_size, method=method, device=device,
-            dtype=dtype,
+            self.n, nblocks=nblocks, block_size=block_size, orthogonal_map=orthogonal_map,
+            device=device, dtype=dtype,
         )  # fmt: skip
         if init_std:
             self.orth.reset_parameters("random", std=init_std, generator=generator)

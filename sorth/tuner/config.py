@@ -15,14 +15,23 @@ Notation (paper → here): ``r`` → ``nblocks``, ``b`` → ``block_size``, ``n 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from peft.config import PeftConfig
 
-from sorth.errors import BlockSizeError, SOrthValueError, check_choice, check_positive_int
-from sorth.orthogonal import METHODS
+from sorth.errors import (
+    BlockSizeError,
+    SOrthValueError,
+    check_choice,
+    check_positive_int,
+    renamed_keyword,
+)
+from sorth.orthogonal import ORTHOGONAL_MAPS
 from sorth.parametrizations import STORAGES, STRUCTURES
 from sorth.tuner.errors import check_adapter_file
 from sorth.tuner.peft_type import sorth_peft_type
@@ -94,11 +103,11 @@ class SOrthConfig(PeftConfig):
         default=True,
         metadata={"help": "Learnable per-output-feature scale s (initialised to ones)."},
     )
-    method: Literal["cayley", "expm", "cayley_neumann"] = field(
+    orthogonal_map: Literal["cayley", "expm", "cayley_neumann"] = field(
         default="cayley",
         metadata={
             "help": "Orthogonal map of each block: exact Cayley solve, matrix exponential, or "
-            "Neumann."
+            "Neumann (as torch's parametrizations.orthogonal(orthogonal_map=...))."
         },
     )
     neumann_terms: int = field(
@@ -189,7 +198,7 @@ class SOrthConfig(PeftConfig):
             check_positive_int("n_factors", self.n_factors)
         check_choice("structure", self.structure, STRUCTURES)
         check_choice("side", self.side, SIDES)
-        check_choice("method", self.method, METHODS)
+        check_choice("orthogonal_map", self.orthogonal_map, ORTHOGONAL_MAPS)
         check_choice("storage", self.storage, STORAGES)
         check_choice("conv_side", self.conv_side, CONV_SIDES)
         check_choice("bias", self.bias, BIASES)
@@ -205,6 +214,39 @@ class SOrthConfig(PeftConfig):
                 f"layers_pattern={self.layers_pattern!r} needs layers_to_transform as well."
             )
 
+    @property
+    def method(self) -> str:
+        """Deprecated name of :attr:`orthogonal_map` (a :class:`DeprecationWarning`)."""
+        warnings.warn(
+            "SOrthConfig.method is deprecated; the field is orthogonal_map.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.orthogonal_map
+
+    @method.setter
+    def method(self, value: str) -> None:
+        warnings.warn(
+            "SOrthConfig.method is deprecated; the field is orthogonal_map.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.orthogonal_map = value
+
+    @classmethod
+    def check_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        """PEFT's hook on the fields read from ``adapter_config.json``, before the config is built.
+
+        Note [old adapter folders]: sorth versions before the ``orthogonal_map`` name saved the
+        orthogonal map as ``"method"``; such a folder loads unchanged (``"method"`` is read as
+        ``orthogonal_map``, silently: the file is not the user's code). Saving it again writes
+        ``"orthogonal_map"``.
+        """
+        kwargs = super().check_kwargs(**kwargs)
+        if "method" in kwargs and "orthogonal_map" not in kwargs:
+            kwargs["orthogonal_map"] = kwargs.pop("method")
+        return kwargs
+
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs
@@ -219,3 +261,29 @@ class SOrthConfig(PeftConfig):
         path = str(pretrained_model_name_or_path)
         check_adapter_file(os.path.join(path, subfolder) if subfolder else path)
         return config
+
+
+def _accept_method_keyword(init: Any) -> Any:
+    """``SOrthConfig(method=...)``: the deprecated name of ``orthogonal_map`` still builds the
+    config, with a :class:`DeprecationWarning` (also when PEFT's base ``PeftConfig.from_pretrained``
+    reads an old folder, which bypasses :meth:`SOrthConfig.check_kwargs`)."""
+
+    @functools.wraps(init)
+    def init_with_method(self: SOrthConfig, *args: Any, method: str | None = None, **kwargs: Any):
+        if method is not None:
+            kwargs["orthogonal_map"] = renamed_keyword(
+                "SOrthConfig", "method", "orthogonal_map", method,
+                kwargs.get("orthogonal_map", "cayley"), "cayley",
+            )  # fmt: skip
+        init(self, *args, **kwargs)
+
+    # the signature PEFT inspects to drop unknown keys (peft.config) must keep `method`
+    signature = inspect.signature(init)
+    extra = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default=None)
+    init_with_method.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), extra]
+    )
+    return init_with_method
+
+
+SOrthConfig.__init__ = _accept_method_keyword(SOrthConfig.__init__)

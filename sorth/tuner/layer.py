@@ -68,7 +68,7 @@ def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> 
         n,
         nblocks=nblocks,
         block_size=block_size,
-        method=config.method,
+        orthogonal_map=config.orthogonal_map,
         structure=config.structure,
         n_factors=config.n_factors,
         neumann_terms=config.neumann_terms,

@@ -87,7 +87,7 @@ class WeightMerge:
 
     def _inv(self, A: GSMatrix, name: str) -> GSMatrix:
         table = self.sorth_in if name in self.sorth_in else self.sorth_out
-        return _inverse(A, orthogonal=table[name].method != "cayley_neumann")
+        return _inverse(A, orthogonal=table[name].orthogonal_map != "cayley_neumann")
 
     def get_merged_weight(self, adapter_name: str) -> torch.Tensor:
         """``diag(s)·A_out·W·A_in`` for one adapter, in float32 (float64 for float64 bases)."""

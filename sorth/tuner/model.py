@@ -315,5 +315,5 @@ def _check_checkpoint(model: nn.Module, adapter_name: str, loaded: dict[str, tor
                 f"adapter checkpoint tensor {name!r} holds {bad} NaN/inf value(s) of "
                 f"{got.numel()}. The file itself is intact (it was read completely); the adapter "
                 "was saved after its training diverged (e.g. too high a learning rate). Load an "
-                "earlier checkpoint or retrain (method='cayley' is the exact, stable map)."
+                "earlier checkpoint or retrain (orthogonal_map='cayley' is the exact, stable map)."
             )

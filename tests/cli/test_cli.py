@@ -131,7 +131,7 @@ def test_inspect_measures_orthogonality(
     bad = tmp_path / "neumann"
     shutil.copytree(adapter_dir, bad)
     config = json.loads((bad / "adapter_config.json").read_text())
-    config.update(method="cayley_neumann", neumann_terms=2)
+    config.update(orthogonal_map="cayley_neumann", neumann_terms=2)
     (bad / "adapter_config.json").write_text(json.dumps(config))
 
     def worst() -> float:
@@ -500,6 +500,27 @@ def test_demo_without_a_checkout_says_how_to_get_it(
     assert out == ""
     assert_one_line_error(code, err, "make demo")
     assert "python -m recipes.demo" in err
+
+
+def test_demo_means_the_main_job_only() -> None:
+    """One program is called demo: `make demo` = `sorth demo` = `python -m recipes.demo`; the
+    core's tour is `python -m sorth.tour` (it was `python -m sorth.demo`)."""
+    demos = sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "sorth").rglob("*demo*")
+        if p.suffix == ".py"
+    )
+    assert demos == ["sorth/cli/demo.py"]  # the `sorth demo` command, which runs recipes.demo
+    assert _make_demo_module() == "recipes.demo"
+
+
+def test_tour_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from sorth import tour
+
+    tour.main(["--sizes", "64", "--block-size", "8", "--tokens", "4", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("sorth core tour: block size 8")
+    assert "n=64: GS needs 2 factor(s) to be dense" in out
 
 
 def test_demo_help_is_the_demo_modules_help(capfd: pytest.CaptureFixture[str]) -> None:

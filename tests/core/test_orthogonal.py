@@ -132,7 +132,7 @@ def test_neumann_fallback_has_gradients_and_survives_high_lr_steps() -> None:
 
 def test_errors() -> None:
     with pytest.raises(
-        MethodError, match=r"method='qr' is not supported; choose one of \['cayley'"
+        MethodError, match=r"orthogonal_map='qr' is not supported; choose one of \['cayley'"
     ):
         sorth.orthogonal_blocks(torch.zeros(2, 3, 3), "qr")
     with pytest.raises(ShapeError, match=r"square blocks .* got shape \(2, 3, 4\)"):

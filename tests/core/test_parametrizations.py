@@ -16,7 +16,7 @@ STRUCTURES = ["gs", "oft", "butterfly", "monarch"]
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("method", ["cayley", "expm", "cayley_neumann"])
 def test_identity_at_init(structure: str, method: str) -> None:
-    q = sorth.GSOrthogonal(64, nblocks=4, structure=structure, method=method)
+    q = sorth.GSOrthogonal(64, nblocks=4, structure=structure, orthogonal_map=method)
     x = torch.randn(3, 5, 64)
     torch.testing.assert_close(q(x), x)
 
@@ -35,7 +35,7 @@ def test_identity_at_init_any_number_of_gs_factors(n_factors: int) -> None:
 @pytest.mark.parametrize("method", ["cayley", "expm"])
 def test_orthogonal_after_aggressive_training(structure: str, method: str) -> None:
     n = 64
-    q = sorth.GSOrthogonal(n, nblocks=4, structure=structure, method=method)
+    q = sorth.GSOrthogonal(n, nblocks=4, structure=structure, orthogonal_map=method)
     target = torch.linalg.qr(torch.randn(n, n))[0]
     opt = torch.optim.Adam(q.parameters(), lr=0.5)  # large steps: generators grow far from 0
     x = torch.randn(32, n)
@@ -176,7 +176,11 @@ def test_repr() -> None:
         ({"nblocks": 3, "block_size": 8}, BlockSizeError, "nblocks=3 must divide n=64"),
         ({"nblocks": 4, "block_size": 8}, BlockSizeError, "disagree"),
         ({"block_size": 0}, BlockSizeError, "block_size=0 must be a positive integer"),
-        ({"block_size": 8, "method": "svd"}, MethodError, "method='svd' is not supported"),
+        (
+            {"block_size": 8, "orthogonal_map": "svd"},
+            MethodError,
+            "orthogonal_map='svd' is not supported",
+        ),
         ({"block_size": 8, "structure": "dense"}, MethodError, "structure='dense'"),
         ({"block_size": 8, "storage": "half"}, MethodError, "storage='half'"),
         ({"block_size": 8, "structure": "oft", "n_factors": 2}, BlockSizeError, "exactly 1 factor"),

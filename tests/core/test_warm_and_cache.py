@@ -111,7 +111,7 @@ def test_training_uses_warm_start_and_stays_orthogonal(monkeypatch) -> None:
 
 # ------------------------------------------------------------------------ factor cache
 def _q(method: str = "cayley") -> sorth.GSOrthogonal:
-    q = sorth.GSOrthogonal(64, block_size=8, method=method)
+    q = sorth.GSOrthogonal(64, block_size=8, orthogonal_map=method)
     q.reset_parameters("random", std=0.3, generator=torch.Generator().manual_seed(0))
     return q.eval()
 
@@ -161,7 +161,7 @@ def test_no_cache_with_grad(monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     "update",
-    ["data_write", "data_nan", "optimizer", "load_state_dict", "dtype", "method"],
+    ["data_write", "data_nan", "optimizer", "load_state_dict", "dtype", "orthogonal_map"],
 )
 def test_cache_sees_every_update(update: str) -> None:
     q, x = _q(), torch.randn(3, 64, dtype=F64)
@@ -182,7 +182,7 @@ def test_cache_sees_every_update(update: str) -> None:
     elif update == "dtype":
         q.double()
     else:
-        q.method = "expm"
+        q.orthogonal_map = "expm"
     with torch.no_grad():
         after = q(x.to(q.params[0].dtype))
         fresh = q.matrix().to_dense()

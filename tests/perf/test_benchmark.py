@@ -84,7 +84,7 @@ def test_gpu_table_runs_on_cpu(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "benchmark.json").read_text())
     assert set(res["gpu"]["sizes"]) == {"32", "64"}
     for rows in res["gpu"]["sizes"].values():
-        assert set(rows) == {"lora", "peft_oft", "gs_triton", "gs_torch"}
+        assert set(rows) == {"lora", "peft_oft", "gs_triton", "gs_torch", "double_gsoft"}
         assert all(r["step_ms"] > 0 and r["tok_per_s"] > 0 for r in rows.values())
         assert rows["lora"]["x_lora"] == 1.0
     assert [k["kernel"] for k in res["gpu"]["multiply"]] == ["torch", "torch"]

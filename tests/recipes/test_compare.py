@@ -11,9 +11,10 @@ import pytest
 
 from recipes.common import RecipeError
 from recipes.compare.data import stratified_split
-from recipes.compare.methods import METHODS, count_trainable, match_budget
+from recipes.compare.methods import COMPARED, count_trainable, match_budget
 from recipes.spam import HAM_GROUPS, SPAM_GROUPS
 from sorth.integrations import testing
+from sorth.integrations.methods import METHODS
 
 TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
 
@@ -158,13 +159,13 @@ def test_every_method_and_both_lipconvnet_kinds_run(tiny_roberta_dir, tmp_path):
     data, out = _fake_corpus(tmp_path / "corpus"), tmp_path / "out"
     summary = main(_args(
         tiny_roberta_dir, data, out, "--seeds", "1", "--lrs", "1e-2", "--max_steps", "2",
-        "--methods", *METHODS, "--parts", "spam", "lipschitz", "--lip_variants", "soc", "gs-4",
+        "--methods", *COMPARED, "--parts", "spam", "lipschitz", "--lip_variants", "soc", "gs-4",
         "--lip_channels", "4", "--lip_epochs", "1", "--train_samples", "16", "--sizes", *PINNED,
     ))  # fmt: skip
-    assert {r["method"] for r in summary["spam"]} == set(METHODS)
+    assert {r["method"] for r in summary["spam"]} == set(COMPARED)
     for row in summary["spam"]:
         name, _, size = next(p for p in PINNED if p.startswith(row["method"] + "=")).partition("=")
-        assert row["sizes"][METHODS[name].flag] == int(size)
+        assert row["sizes"][METHODS[name].size_flag] == int(size)
     lip = {r["variant"]: r for r in summary["lipschitz"]}
     assert set(lip) == {"soc", "gs-4"}
     assert lip["gs-4"]["trainable_parameters"] < lip["soc"]["trainable_parameters"]

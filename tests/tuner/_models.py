@@ -102,8 +102,10 @@ CASES: list[Case] = [
     Case("mlp-output", MLP, mlp_input, {**_LIN, "block_size": 4, "side": "output"}),
     Case("mlp-double", MLP, mlp_input, {**_LIN, "block_size": 4, "side": "both"}),
     Case("mlp-noscale", MLP, mlp_input, {**_LIN, "block_size": 8, "scale": False}),
-    Case("mlp-expm", MLP, mlp_input, {**_LIN, "block_size": 4, "method": "expm"}),
-    Case("mlp-neumann", MLP, mlp_input, {**_LIN, "block_size": 4, "method": "cayley_neumann"}),
+    Case("mlp-expm", MLP, mlp_input, {**_LIN, "block_size": 4, "orthogonal_map": "expm"}),
+    Case(
+        "mlp-neumann", MLP, mlp_input, {**_LIN, "block_size": 4, "orthogonal_map": "cayley_neumann"}
+    ),
     Case("mlp-oft", MLP, mlp_input, {**_LIN, "block_size": 4, "structure": "oft"}),
     Case("mlp-butterfly", MLP, mlp_input, {**_LIN, "block_size": 4, "structure": "butterfly"}),
     Case("mlp-monarch", MLP, mlp_input, {**_LIN, "nblocks": 4, "structure": "monarch"}),

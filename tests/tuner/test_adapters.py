@@ -172,7 +172,9 @@ def test_neumann_unmerge_restores_weights_far_from_identity(monkeypatch) -> None
     # (The plain series, without the exact-solve fallback of Note [neumann fallback].)
     monkeypatch.setattr(sorth.orthogonal, "NEUMANN_MAX_ERROR", None)
     torch.manual_seed(0)
-    cfg = SOrthConfig(**LIN, block_size=8, method="cayley_neumann", init_std=0.3, side="both")
+    cfg = SOrthConfig(
+        **LIN, block_size=8, orthogonal_map="cayley_neumann", init_std=0.3, side="both"
+    )
     model = get_peft_model(MLP(), cfg)
     rotations = [m for m in model.modules() if isinstance(m, GSOrthogonal)]
     assert max(float(orthogonality_error(q.dense())) for q in rotations) > 1.0  # Aᵀ ≠ A⁻¹

@@ -28,7 +28,7 @@ def train_and_measure(side: str, method: str = "cayley") -> tuple[float, float, 
         exclude_modules=["classifier.dense"],
         block_size=8,
         side=side,
-        method=method,
+        orthogonal_map=method,
     )
     model = get_peft_model(base, cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)

@@ -34,8 +34,10 @@ def _adapter(**kw):
         {"side": "output"},
         {"side": "both"},
         {"scale": False},
-        {"method": "expm"},
-        {"method": "cayley_neumann"},  # terms=1 would be the exact solve (Note [neumann fallback])
+        {"orthogonal_map": "expm"},
+        {
+            "orthogonal_map": "cayley_neumann"
+        },  # terms=1 would be the exact solve (Note [neumann fallback])
         {"storage": "full"},
         {"init_std": 0.3},
         {"target_modules": ["lin0"]},
@@ -51,8 +53,8 @@ def test_field_changes_adapter(change: dict) -> None:
 
 def test_neumann_terms_change_output() -> None:
     # small generators, so that both series are used (not the exact-solve fallback)
-    _, y3 = _adapter(method="cayley_neumann", neumann_terms=3, init_std=0.03)
-    _, y8 = _adapter(method="cayley_neumann", neumann_terms=8, init_std=0.03)
+    _, y3 = _adapter(orthogonal_map="cayley_neumann", neumann_terms=3, init_std=0.03)
+    _, y8 = _adapter(orthogonal_map="cayley_neumann", neumann_terms=8, init_std=0.03)
     assert (y3 - y8).abs().max() > 1e-5
 
 
@@ -71,7 +73,7 @@ def test_rotation_settings_reach_gsorthogonal() -> None:
         target_modules=["lin0"],
         nblocks=2,
         structure="butterfly",
-        method="expm",
+        orthogonal_map="expm",
         storage="full",
         module_dropout=0.25,
         neumann_terms=7,

@@ -156,7 +156,9 @@ def test_grouped_conv2d_merge_equals_unmerged_at_large_magnitude() -> None:
 # ------------------------------------------------------- Neumann after high-lr divergence
 def _neumann_model() -> nn.Module:
     torch.manual_seed(0)
-    cfg = SOrthConfig(target_modules=["lin0", "lin1"], block_size=8, method="cayley_neumann")
+    cfg = SOrthConfig(
+        target_modules=["lin0", "lin1"], block_size=8, orthogonal_map="cayley_neumann"
+    )
     return get_peft_model(MLP(), cfg)
 
 
@@ -204,7 +206,7 @@ def _monarch_neumann() -> tuple[nn.Module, torch.Tensor]:
     cfg = SOrthConfig(
         target_modules=["lin0", "lin1"],
         structure="monarch",
-        method="cayley_neumann",
+        orthogonal_map="cayley_neumann",
         block_size=2,  # r != b on every side
         side="both",
         init_weights=False,

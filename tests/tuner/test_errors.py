@@ -37,7 +37,7 @@ def _assert_unchanged(model: nn.Module, snap) -> None:
         ({"block_size": 4, "nblocks": 2}, BlockSizeError, r"at most one of block_size \(4\)"),
         ({"block_size": 0}, BlockSizeError, "block_size=0 must be a positive integer"),
         ({"block_size": 4, "side": "left"}, MethodError, r"side='left'.*\['input', 'output'"),
-        ({"block_size": 4, "method": "svd"}, MethodError, "method='svd'"),
+        ({"block_size": 4, "orthogonal_map": "svd"}, MethodError, "orthogonal_map='svd'"),
         ({"block_size": 4, "structure": "kron"}, MethodError, "structure='kron'"),
         ({"block_size": 4, "storage": "half"}, MethodError, "storage='half'"),
         ({"block_size": 4, "conv_side": "rows"}, MethodError, "conv_side='rows'"),

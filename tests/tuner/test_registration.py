@@ -120,7 +120,7 @@ def test_config_round_trip(tmp_path) -> None:
         nblocks=2,
         structure="butterfly",
         side="both",
-        method="expm",
+        orthogonal_map="expm",
         storage="full",
         module_dropout=0.1,
         conv_side="channels",

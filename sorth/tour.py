@@ -1,4 +1,4 @@
-"""A short tour of the core on real layer sizes: ``python -m sorth.demo``.
+"""A short tour of the core on real layer sizes: ``python -m sorth.tour``.
 
 For each feature size it builds GSOFT (``Pᵀ L P R``), OFT (block-diagonal) and BOFT's block
 butterfly with the same block size, moves them away from the identity, and prints their
@@ -60,13 +60,15 @@ def run(sizes: tuple[int, ...], block_size: int, tokens: int, repeats: int) -> l
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sorth.tour", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[768, 1024, 4096])
     parser.add_argument("--block-size", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=512, help="rows of the input batch")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    print(f"sorth core demo: block size {args.block_size}, {args.tokens} tokens, float32, CPU")
+    print(f"sorth core tour: block size {args.block_size}, {args.tokens} tokens, float32, CPU")
     header = (
         f"{'n':>6} {'structure':>10} {'factors':>7} {'params':>9} {'density':>8} "
         f"{'max|QᵀQ−I|':>11} {'time / dense matmul':>20}"
