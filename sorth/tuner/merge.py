@@ -105,13 +105,26 @@ class WeightMerge:
         return torch.empty_like(old).copy_(new)
 
     def _merged(self, W0: torch.Tensor, names: list[str]) -> torch.Tensor:
-        """One merge call's result in ``W0``'s dtype and layout (refuses non-finite)."""
+        """One merge call's result in ``W0``'s dtype and layout (refuses non-finite, also a
+        value that overflows that dtype)."""
         W = W0
         for name in names:
             W = self._apply_to_weight(W, name, inverse=False)
             if not torch.isfinite(W).all():
                 raise ValueError(NAN_MESSAGE.format(name))
-        return self._like(W, W0)
+        W = self._like(W, W0)
+        if not torch.isfinite(W).all():
+            raise ValueError(NAN_MESSAGE.format(names[-1]) + f" (overflows {W0.dtype})")
+        return W
+
+    @torch.no_grad()
+    def check_merge(self, adapter_names: list[str] | None = None) -> None:
+        """Raise the error :meth:`merge` would raise for ``adapter_names``, changing nothing:
+        the merged weight is computed, checked and dropped (see ``SOrthModel.merge_adapter``)."""
+        wanted = self.active_adapters if adapter_names is None else adapter_names
+        names = self._present([a for a in wanted if a not in self.merged_adapters])
+        if names:
+            self._merged(self.get_base_weight(), names)
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

@@ -32,6 +32,7 @@ from peft.tuners.tuners_utils import (
     BaseTuner,
     BaseTunerLayer,
     _maybe_include_all_linear_layers,
+    onload_layer,
 )
 from peft.utils import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
 from torch import nn
@@ -203,6 +204,55 @@ class SOrthModel(BaseTuner):
             if self.prefix in name and not any(p.is_meta for p in module.parameters()):
                 module.to(weight.device)
 
+    # -------------------------------------------------------------------- merging
+    def _check_merge_allowed(self) -> None:
+        """PEFT's check only warns about tied weights, which sorth merges correctly (Note
+        [tied weights] in :mod:`sorth.tuner.merge`)."""
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False):
+        """PEFT's ``merge_adapter``, all-or-nothing across the model.
+
+        Every layer's merged weight is computed and checked first (finite in the base dtype;
+        one layer at a time, nothing kept), so a merge that any layer refuses changes no layer.
+        An exception while the weights are written (e.g. out of memory) unmerges the layers
+        already written.
+        """
+        layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in layers:
+            if isinstance(layer, SOrthLayer):
+                with onload_layer(layer):
+                    layer.check_merge(adapter_names)
+        written: list[tuple[BaseTunerLayer, list[str]]] = []
+        try:
+            for layer in layers:
+                written.append((layer, list(layer.merged_adapters)))
+                with onload_layer(layer):
+                    layer.merge(adapter_names=adapter_names, safe_merge=safe_merge)
+        except BaseException:
+            for layer, before in reversed(written):
+                if list(layer.merged_adapters) != before:
+                    layer.unmerge()
+                    if before:
+                        layer.merge(adapter_names=before)
+            raise
+
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
+        """``merge_and_unload`` / ``unload``: merge every layer first (:meth:`merge_adapter`,
+        all-or-nothing), then unwrap; PEFT merges and unwraps layer by layer, so a refused merge
+        left the layers before it merged and unwrapped."""
+        if merge:
+            self.merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+        model = super()._unload_and_optionally_merge(merge=False, progressbar=progressbar)
+        if merge:
+            _untie_config(model)
+        return model
+
     # ------------------------------------------------------------- mixed batches
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
@@ -270,6 +320,21 @@ class SOrthModel(BaseTuner):
             raise
         transaction.guard(model, adapter_name, remapped)  # rolls back if the load reports errors
         return remapped
+
+
+def _untie_config(model: nn.Module) -> None:
+    """Set ``tie_word_embeddings=False`` when a merge untied the embeddings (Note [tied
+    weights]), as PEFT does after its own merges, so a saved model reloads untied."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_word_embeddings", False):
+        return
+    try:
+        out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return
+    weights = [getattr(e, "weight", None) for e in (out_emb, in_emb)]
+    if None not in weights and weights[0] is not weights[1]:
+        config.tie_word_embeddings = False
 
 
 def _shared_parameters(model: nn.Module) -> set[int]:

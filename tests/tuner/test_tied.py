@@ -87,6 +87,4 @@ def test_merge_and_unload_and_sorth_merge_on_a_tied_weight(
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(_logits(reloaded), y, **F32)
     out = merge_adapter(tied_dir, tmp_path / "adapter", tmp_path / "cli")
-    torch.testing.assert_close(
-        _logits(AutoModelForCausalLM.from_pretrained(out).eval()), y, **F32
-    )
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out).eval()), y, **F32)

@@ -1,0 +1,89 @@
+"""Model-wide merge state: a refused merge changes no layer (``merge_adapter`` and
+``merge_and_unload``); before, the layers ahead of the refused one stayed merged (and unwrapped),
+``save_pretrained`` wrote 3 of 9 adapter tensors and ``disable_adapter()`` was 0.28 off the
+base model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from peft import get_peft_model
+from safetensors.torch import load_file
+from torch import nn
+
+from sorth import SOrthConfig
+from sorth.tuner import SOrthLayer
+
+HOW = ("merge_adapter", "merge_and_unload")
+
+
+def _model(dtype: torch.dtype = torch.float32) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)).to(dtype)
+    cfg = SOrthConfig(target_modules=["0", "1", "2"], block_size=4, init_weights=False)
+    return base, get_peft_model(copy.deepcopy(base), cfg)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _layers(model: nn.Module) -> list[SOrthLayer]:
+    return [m for m in model.modules() if isinstance(m, SOrthLayer)]
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_refused_merge_changes_no_layer(how: str, tmp_path: Path) -> None:
+    base, model = _model()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        model.base_model.model[2].sorth_s["default"][0] = float("nan")  # the last layer
+    before = _state(model)
+    with pytest.raises(ValueError, match="NaNs detected"):
+        getattr(model, how)()
+    assert len(_layers(model)) == 3
+    assert all(not layer.merged for layer in _layers(model))
+    after = _state(model)
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, equal_nan=True)
+    model.save_pretrained(tmp_path)
+    assert len(load_file(tmp_path / "adapter_model.safetensors")) == 9
+    with torch.no_grad(), model.disable_adapter():
+        assert torch.equal(model(x), base(x))
+
+
+def test_merge_that_overflows_the_base_dtype_is_refused() -> None:
+    _, model = _model(torch.float16)
+    with torch.no_grad():
+        model.base_model.model[1].sorth_s["default"].fill_(1e6)  # W · s > 65504
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"overflows torch.float16"):
+        model.merge_adapter()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_exception_while_writing_unmerges_the_layers_written(monkeypatch) -> None:
+    """A failure after the checks (here: the third layer's write raises) rolls the first two
+    back."""
+    _, model = _model()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        y = model(x)
+    before = _state(model)
+    third = model.base_model.model[2]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(third, "merge", fail)
+    with pytest.raises(RuntimeError, match="simulated"):
+        model.merge_adapter()
+    assert all(not layer.merged for layer in _layers(model))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), y)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])
