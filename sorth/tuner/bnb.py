@@ -146,7 +146,7 @@ class _QuantizedLinear(Linear):
         W = self.get_base_weight()
         merged = W
         for name in names:
-            merged = self._apply_to_weight(merged, name, inverse=False)
+            merged = self._apply_to_weight(merged, name, inverse=False, precise=True)
             if not torch.isfinite(merged).all():
                 raise ValueError(NAN_MESSAGE.format(name))
         if not self.merged_adapters:

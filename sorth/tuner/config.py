@@ -158,6 +158,14 @@ class SOrthConfig(PeftConfig):
             "layout is read from the layer type; True on any other layer is an error."
         },
     )
+    exact_unmerge: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep each weight a merge replaces, so that unmerge restores it bit for bit "
+            "(while merged, the adapted weights are held twice). False: unmerge inverts the "
+            "merge (Aᵀ, 1/s), a few ulps off in float32 (Note [exact unmerge])."
+        },
+    )
     layers_to_transform: list[int] | int | None = field(
         default=None,
         metadata={"help": "Only adapt these layer indices (needs a layers_pattern match)."},

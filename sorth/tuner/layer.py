@@ -117,7 +117,9 @@ class SOrthLayer(ActivationForward, WeightMerge, BaseTunerLayer):
         self.sorth_on_weight: dict[str, bool] = {}
         self._disable_adapters = False
         self.merged_adapters = []
-        # (base weight before the first merge, adapter names of each merge call since)
+        # with exact_unmerge: (base weight before the first merge, adapter names of each merge
+        # call since); Note [exact unmerge]
+        self.exact_unmerge = False
         self._merge_snapshot: tuple[torch.Tensor, list[list[str]]] | None = None
         # the base weight is tied to another module's (set by the tuner; Note [tied weights])
         self.shares_weight = False
@@ -167,6 +169,7 @@ class SOrthLayer(ActivationForward, WeightMerge, BaseTunerLayer):
         if config.scale:
             self.sorth_s[adapter_name] = nn.Parameter(torch.ones(self.out_features))
         self.sorth_on_weight[adapter_name] = on_weight
+        self.exact_unmerge = self.exact_unmerge or config.exact_unmerge
         if not config.init_weights:
             self._random_init(adapter_name, config.init_std)
         self._move_adapter_to_device_of_base_layer(adapter_name)

@@ -7,12 +7,13 @@ order they are applied (``W_0 = W``)::
     W_j = diag(s_j) · A_out_j · W_{j-1} · A_in_j          (A = I for a side that is off)
     W_{j-1} = A_out_j⁻¹ · diag(1 / s_j) · W_j · A_in_j⁻¹   (unmerge, last merged first)
 
-computed in float32 (float64 for a float64 base), with ``A⁻¹ = Aᵀ`` for exactly orthogonal
-factors (Cayley, expm; never ``linalg.inv``) and block-wise solves for the truncated Neumann
-series. Merging several adapters applies the recursion in order; unmerging restores the weight
-the first merge replaced when it is still valid (Note [exact unmerge] on :meth:`WeightMerge.merge`)
-and inverts the recursion otherwise. Conv2d's forward builds ``W_k`` with the same arithmetic
-(:meth:`WeightMerge._apply_to_weight`), so its merged layer gives the same numbers.
+with the adapters' float32 matrices (float64 for a float64 base), the products in float64, and
+``A⁻¹`` the exact inverse of those matrices by block solves (not ``Aᵀ``: a float32 block is
+orthogonal only to ~``b·eps``). Merging several adapters applies the recursion in order;
+unmerging inverts it, last merged first, or (``exact_unmerge=True``) restores the weight the
+first merge replaced (Note [exact unmerge] on :meth:`WeightMerge.merge`). Conv2d's forward
+builds ``W_k`` with the same arithmetic in float32 (:meth:`WeightMerge._apply_to_weight`), and
+its merge is that float32 arithmetic, so its merged layer gives the same numbers.
 """
 
 from __future__ import annotations
@@ -28,19 +29,27 @@ __all__ = ["NAN_MESSAGE", "WeightMerge"]
 NAN_MESSAGE = "NaNs detected in the merged weights. The adapter {} seems to be broken"
 
 
-def _inverse(A: GSMatrix, orthogonal: bool) -> GSMatrix:
-    """``A⁻¹``: ``Aᵀ`` for exactly orthogonal factors (Cayley, expm); block-wise solves for the
-    truncated Neumann series, whose blocks are only approximately orthogonal. Each factor is
-    solved against the identity of its own block size (a Monarch matrix has ``r × r`` and
-    ``b × b`` blocks)."""
-    if orthogonal:
-        return A.T
+def _inverse(A: GSMatrix, dtype: torch.dtype) -> GSMatrix:
+    """The exact inverse of ``A`` as computed (its factors cast to ``dtype``), by block-wise
+    solves: ``A⁻¹ = R⁻¹ Pᵀ L⁻¹ P`` for ``A = Pᵀ L P R``. Not ``Aᵀ``: a float32 Cayley block is
+    orthogonal only to ~``b·eps``, and ``Aᵀ`` as the inverse moved a float32 weight by 25 eps
+    per merge/unmerge cycle, the same way each time (Note [exact unmerge]). Each factor is solved
+    against the identity of its own block size (a Monarch matrix has ``r × r`` and ``b × b``
+    blocks)."""
     factors = []
     for B in reversed(A.factors):
+        B = B.to(dtype)
         eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
         factors.append(torch.linalg.solve(B, eye.expand_as(B)))
     perms = [None if P is None else invert_permutation(P) for P in reversed(A.perms)]
     return GSMatrix(factors, perms)
+
+
+def _cast(A: GSMatrix, dtype: torch.dtype) -> GSMatrix:
+    """``A`` with its factors in ``dtype`` (the same matrix, held more precisely)."""
+    if A.dtype == dtype:
+        return A
+    return GSMatrix([B.to(dtype) for B in A.factors], list(A.perms))
 
 
 class WeightMerge:
@@ -55,43 +64,64 @@ class WeightMerge:
     def _compute_dtype(self, W: torch.Tensor) -> torch.dtype:
         return torch.float64 if W.dtype == torch.float64 else torch.float32
 
-    def _apply_to_weight(
-        self, W: torch.Tensor, name: str, inverse: bool, dropout: bool = False
-    ) -> torch.Tensor:
-        """``diag(s)·A_out·W·A_in`` (or its inverse) in float32/64, weight in the base layout.
+    @staticmethod
+    def _inverse_dtype(W: torch.Tensor) -> torch.dtype:
+        """Unmerging runs in float64 (float32 where the device has none, MPS), so that the
+        inverse of the merge's own float32 matrices is exact to far below a float32 ulp."""
+        return torch.float32 if W.device.type == "mps" else torch.float64
 
-        ``dropout=True`` (the forward of a weight-side adapter) drops blocks in training mode as
-        the activation path does; merging never does.
+    def _apply_to_weight(
+        self,
+        W: torch.Tensor,
+        name: str,
+        inverse: bool,
+        dropout: bool = False,
+        precise: bool = False,
+    ) -> torch.Tensor:
+        """``diag(s)·A_out·W·A_in`` (or its inverse), weight in the base layout.
+
+        The matrices are the forward's own (float32; float64 for a float64 base). The products
+        run in that dtype for the forward of a weight-side adapter (``dropout=True`` drops blocks
+        in training mode as the activation path does), and in float64 for a merge
+        (``precise=True``) and every unmerge, so that an unmerge inverts the merge to far below
+        a float32 ulp (Note [exact unmerge]).
         """
         dtype = self._compute_dtype(W)
-        W = W.to(dtype)
+        work = self._inverse_dtype(W) if inverse or precise else dtype
+        W = W.to(work)
         on_weight = self.sorth_on_weight[name]
         A_in = self._matrix(self.sorth_in, name, dtype, dropout=dropout)
         A_out = self._matrix(self.sorth_out, name, dtype, dropout=dropout)
-        s = self.sorth_s[name].to(dtype) if name in self.sorth_s else None
+        s = self.sorth_s[name].to(dtype).to(work) if name in self.sorth_s else None
         shape = [1] * W.dim()
         shape[self._w_out_dim] = -1
         if inverse and s is not None:
             W = W / s.view(shape)
         if A_in is not None:
-            rows = self._in_rows(W, on_weight)
-            rows = rows @ (self._inv(A_in, name) if inverse else A_in)  # W·A_in, or W·A_in⁻¹
+            A_in = _inverse(A_in, work) if inverse else _cast(A_in, work)
+            rows = self._in_rows(W, on_weight) @ A_in  # W·A_in, or W·A_in⁻¹
             W = self._from_in_rows(rows, W, on_weight)
         if A_out is not None:
-            rows = W.movedim(self._w_out_dim, -1)
-            rows = (self._inv(A_out, name) if inverse else A_out).apply(rows)  # A_out·W (cols)
-            W = rows.movedim(-1, self._w_out_dim)
+            A_out = _inverse(A_out, work) if inverse else _cast(A_out, work)
+            W = A_out.apply(W.movedim(self._w_out_dim, -1)).movedim(-1, self._w_out_dim)
         if not inverse and s is not None:
             W = W * s.view(shape)
         return W
 
-    def _inv(self, A: GSMatrix, name: str) -> GSMatrix:
-        table = self.sorth_in if name in self.sorth_in else self.sorth_out
-        return _inverse(A, orthogonal=table[name].orthogonal_map != "cayley_neumann")
+    def _precise(self, name: str) -> bool:
+        """Merge in float64, unless the layer's forward builds this adapter's weight itself
+        (Conv2d, ``conv_side="filter"``): then the merge is that same float32 arithmetic, so
+        the merged layer gives the forward's numbers bit for bit."""
+        return not (self._fold_in_forward or self.sorth_on_weight[name])
 
     def get_merged_weight(self, adapter_name: str) -> torch.Tensor:
-        """``diag(s)·A_out·W·A_in`` for one adapter, in float32 (float64 for float64 bases)."""
-        return self._apply_to_weight(self.get_base_weight(), adapter_name, inverse=False)
+        """``diag(s)·A_out·W·A_in`` for one adapter as a merge computes it, returned in float32
+        (float64 for float64 bases)."""
+        W = self.get_base_weight()
+        merged = self._apply_to_weight(
+            W, adapter_name, inverse=False, precise=self._precise(adapter_name)
+        )
+        return merged.to(self._compute_dtype(W))
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """Additive equivalent of the adapter: merged weight minus the current base weight."""
@@ -109,7 +139,7 @@ class WeightMerge:
         value that overflows that dtype)."""
         W = W0
         for name in names:
-            W = self._apply_to_weight(W, name, inverse=False)
+            W = self._apply_to_weight(W, name, inverse=False, precise=self._precise(name))
             if not torch.isfinite(W).all():
                 raise ValueError(NAN_MESSAGE.format(name))
         W = self._like(W, W0)
@@ -135,12 +165,17 @@ class WeightMerge:
         ``safe_merge=True`` (PEFT's message); sorth also refuses it without ``safe_merge``,
         since the base weight could not be restored from it.
 
-        Note [exact unmerge]: the base weight tensor replaced by the first merge is kept (not
-        copied: the layer just does not free it), so that :meth:`unmerge` puts the original
-        bits back when the current weight is still bit for bit what the merges wrote (checked
-        by redoing them); otherwise it inverts the merges arithmetically. In float32 the inverse
-        is exact only to a few ulps, and repeated merge/unmerge cycles (e.g. evaluation during
-        training) would otherwise drift the frozen weights.
+        Note [exact unmerge]: by default nothing is kept: :meth:`unmerge` inverts the merges
+        (``Aᵀ``, ``1/s``; block solves for the Neumann series), so a merged model holds each
+        weight once, as PEFT's methods do. The inverse is exact up to rounding: one
+        merge/unmerge cycle moves a float32 weight by a few ulps, a bfloat16 one by at most one
+        ulp on some entries, and repeated cycles drift like a random walk (measured in the
+        docs' PEFT adapter page). With ``SOrthConfig(exact_unmerge=True)`` the base weight
+        tensor replaced by the first merge is kept (not copied: the layer just does not free
+        it, so the adapted weights are held twice while merged), and :meth:`unmerge` puts the
+        original bits back when the current weight is still bit for bit what the merges wrote
+        (checked by redoing them); otherwise it inverts. A tied weight (Note [tied weights])
+        and a quantized one (:mod:`sorth.tuner.bnb`) are always restored exactly, at no cost.
         """
         names = self._present(check_adapters_to_merge(self, adapter_names))
         if not names:
@@ -152,7 +187,8 @@ class WeightMerge:
         else:
             self.set_base_weight(merged)
         rebuilt = getattr(self, "quantization_backend", None) is not None  # (no snapshot)
-        if self._shared_weight is None and not self.merged_adapters and not rebuilt:
+        keep = self.exact_unmerge and self._shared_weight is None and not rebuilt
+        if keep and not self.merged_adapters:
             self._merge_snapshot = (W0, [])
         if self._merge_snapshot is not None:
             self._merge_snapshot[1].append(list(names))
