@@ -40,6 +40,7 @@ from torch import nn
 
 from sorth.tuner.layer_types import Linear
 from sorth.tuner.merge import NAN_MESSAGE
+from sorth.tuner.sharding import check_unsharded
 
 __all__ = [
     "SUPPORTED_QUANTIZED",
@@ -240,6 +241,7 @@ class _QuantizedLinear(Linear):
         names = self._present(check_adapters_to_merge(self, adapter_names))
         if not names:
             return
+        check_unsharded(self.get_base_layer().weight, "merge the adapter")  # Note [sharded merge]
         W = self.get_base_weight()
         merged = W
         for name in names:
@@ -256,6 +258,7 @@ class _QuantizedLinear(Linear):
         """Restore the pre-merge quantized weight exactly (no re-quantization)."""
         if not self.merged_adapters:
             return
+        check_unsharded(self.get_base_layer().weight, "unmerge the adapter")
         if self._pre_merge is not None:
             self._restore(self._pre_merge)
             self._pre_merge = None
