@@ -167,6 +167,12 @@ def fully_shard_peft(
     to every block (:func:`block_classes`) and then to the whole model (the root keeps the
     embeddings, the final norm and the head).
 
+    Note [checkpointed forward]: the checkpoint wraps each block's ``forward`` in place, so
+    module names stay as they are. ``torch``'s ``checkpoint_wrapper`` inserts a
+    ``_checkpoint_wrapped_module`` level that the state dict hides, and PEFT 0.21.2 matches
+    adapter modules by name against the state dict: under that wrapper ``save_pretrained``
+    writes an empty adapter.
+
     Args:
         model: a ``PeftModel`` (or any ``nn.Module``) whose adapters are already added.
         mesh: a 1-D device mesh (:func:`init_distributed`); default: all ranks.
@@ -187,6 +193,7 @@ def fully_shard_peft(
     import torch
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.utils.checkpoint import checkpoint
 
     if not dist.is_initialized():
         raise DistributedSetupError(
@@ -199,23 +206,12 @@ def fully_shard_peft(
         param_dtype = torch.bfloat16 if torch.cuda.is_available() else None
     if reduce_dtype is None and param_dtype is not None:
         reduce_dtype = torch.float32
+    blocks = [m for m in model.modules() if isinstance(m, classes)]
     if activation_checkpointing:
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-            CheckpointImpl,
-            apply_activation_checkpointing,
-            checkpoint_wrapper,
-        )
-
-        apply_activation_checkpointing(
-            model,
-            checkpoint_wrapper_fn=functools.partial(
-                checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT
-            ),
-            check_fn=lambda m: isinstance(m, classes),
-        )
+        for block in blocks:  # Note [checkpointed forward]
+            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     kwargs = {"mesh": mesh, "mp_policy": mp}
-    blocks = [m for m in model.modules() if isinstance(m, classes)]
     for block in blocks:
         fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, **kwargs)

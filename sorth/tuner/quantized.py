@@ -173,8 +173,9 @@ def _unpacked(data: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
 def _unpack(base: nn.Module) -> None:
     """Put a packed ``Linear4bit`` weight back in the standard layout (:func:`_unpacked`)."""
     W = base.weight
-    if _is_packed(W.quant_state):
-        W.data, W.quant_state = _unpacked(W.data, W.quant_state)
+    state = getattr(W, "quant_state", None)  # (an FSDP2 shard of the weight has none)
+    if state is not None and _is_packed(state):
+        W.data, W.quant_state = _unpacked(W.data, state)
         if hasattr(base, "quant_state"):
             base.quant_state = W.quant_state
 

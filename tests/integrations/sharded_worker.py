@@ -206,6 +206,12 @@ def main() -> None:
     else:
         saved = model if args.engine.startswith("zero") else engine
         distributed.save_sharded_adapter(saved, out / "adapter", selected_adapters=["default"])
+    if args.engine == "fsdp2" and world > 1 and not args.resume:
+        from accelerate import Accelerator
+
+        from sorth.integrations.accelerate import save_adapter
+
+        save_adapter(Accelerator(cpu=True), model, out / "adapter-accelerate")
     peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0])
     peaks = [torch.zeros(1) for _ in range(world)]
     dist.all_gather(peaks, peak)

@@ -75,6 +75,7 @@ def adapter(run: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert len(a) == 30  # 3 targets x 2 layers x (A_in: 2 factors, A_out: 2 factors, scale)
     assert sorted(a) == sorted(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], **tol(torch.float32), msg=key)
@@ -119,6 +120,8 @@ def test_gathered_adapter_equals_the_one_process_adapter(reference, sharded) -> 
     one, two = adapter(reference[0]), adapter(sharded[0])
     assert any(v.abs().max() > 1e-3 for k, v in one.items() if "params" in k)  # it trained
     assert_same_adapter(one, two)
+    accelerate = load_file(sharded[0] / "adapter-accelerate" / "adapter_model.safetensors")
+    assert_same_adapter(one, accelerate)  # sorth.integrations.accelerate.save_adapter gathers too
     configs = [(r[0] / "adapter" / "adapter_config.json").read_text() for r in (reference, sharded)]
     assert json.loads(configs[0]) == json.loads(configs[1])
 
