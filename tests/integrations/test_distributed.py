@@ -39,6 +39,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_bounded(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """``(exit status, output)`` of ``cmd`` in its own session, killed as a group (torchrun and
+    its workers) if it runs over :data:`TIMEOUT` or the test is interrupted."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{cmd[3:6]} ran over {TIMEOUT} s:\n{output[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, output
+
+
 def torchrun(nproc: int, out: Path, model: Path, *args: str, ok: bool = True) -> dict:
     """Run the worker on ``nproc`` processes; return its ``result.json`` (or the output)."""
     cmd = [
@@ -50,23 +70,10 @@ def torchrun(nproc: int, out: Path, model: Path, *args: str, ok: bool = True) ->
         **os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun {args} ran over {TIMEOUT} s:\n{output[-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    returncode, output = run_bounded(cmd, env)
     if not ok:
-        return {"returncode": proc.returncode, "output": output}
-    assert proc.returncode == 0, output[-4000:]
+        return {"returncode": returncode, "output": output}
+    assert returncode == 0, output[-4000:]
     return json.loads((out / "result.json").read_text())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,15 +14,10 @@ from safetensors.torch import load_file
 
 from recipes.finetune.train import main
 from tests._tolerances import tol
-from tests.integrations.test_distributed import NEEDS_DEEPSPEED, ROOT, TIMEOUT, free_port
+from tests.integrations.test_distributed import NEEDS_DEEPSPEED, free_port, run_bounded
 
 
 def _recipe(out: Path, model: Path, data: Path, *extra: str) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
         "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "recipes.finetune.train",
@@ -30,17 +27,8 @@ def _recipe(out: Path, model: Path, data: Path, *extra: str) -> None:
         "--checkpointing_steps", "2", "--output_dir", str(out), "--no-progress", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, output[-4000:]
+    returncode, output = run_bounded(cmd, env)
+    assert returncode == 0, output[-4000:]
 
 
 @pytest.mark.slow
