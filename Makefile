@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= all,kernels,test,docs
+EXTRAS ?= all,kernels,test,docs,distributed
 # Exact versions CI passes with; `scripts/check_newer.sh` tries the newest releases instead.
 CONSTRAINTS ?= constraints.txt
 

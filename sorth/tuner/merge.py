@@ -22,6 +22,7 @@ from peft.tuners.tuners_utils import check_adapters_to_merge
 
 from sorth.gs import GSMatrix
 from sorth.permutations import invert_permutation
+from sorth.tuner.sharding import check_unsharded
 
 __all__ = ["NAN_MESSAGE", "WeightMerge"]
 
@@ -91,6 +92,7 @@ class WeightMerge:
 
     def get_merged_weight(self, adapter_name: str) -> torch.Tensor:
         """``diag(s)·A_out·W·A_in`` for one adapter, in float32 (float64 for float64 bases)."""
+        check_unsharded(self.get_base_layer().weight, "compute the merged weight")
         return self._apply_to_weight(self.get_base_weight(), adapter_name, inverse=False)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
@@ -132,6 +134,7 @@ class WeightMerge:
         names = self._present(check_adapters_to_merge(self, adapter_names))
         if not names:
             return
+        check_unsharded(self.get_base_layer().weight, "merge the adapter")  # Note [sharded merge]
         W0 = self.get_base_weight()
         merged = self._merged(W0, names)
         self.set_base_weight(merged)
@@ -171,6 +174,7 @@ class WeightMerge:
         if not self.merged_adapters:
             self._merge_snapshot = None
             return
+        check_unsharded(self.get_base_layer().weight, "unmerge the adapter")
         W = self._original_weight()
         if W is None:
             W0 = self.get_base_weight()
