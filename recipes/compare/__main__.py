@@ -29,7 +29,13 @@ from typing import Any
 
 from recipes.common import RecipeError, atomic_file, cli, option, parse_config, save_json
 from recipes.compare.methods import METHODS, match_budget
-from recipes.compare.report import aggregate_lipschitz, aggregate_spam, markdown, plot
+from recipes.compare.report import (
+    aggregate_lipschitz,
+    aggregate_spam,
+    markdown,
+    plot,
+    summary_table,
+)
 
 __all__ = ["CompareConfig", "machine", "main", "report", "run"]
 
@@ -223,6 +229,8 @@ def report(cfg: CompareConfig, out: Path, elapsed: float) -> dict[str, Any]:
     with atomic_file(out / "table.md") as tmp:
         tmp.write_text(f"Measured {now} on {info['cpu']} ({info['cores']} cores, "
                        f"{info['torch_threads']} torch threads).\n\n{table}")  # fmt: skip
+    with atomic_file(out / "summary_table.md") as tmp:
+        tmp.write_text(summary_table(summary) if spam else "")
     title = f"MiniLM-L6, SpamAssassin ({cfg.max_steps} steps, {cfg.max_length} tokens)"
     plot(spam, lip, out, title)
     return summary

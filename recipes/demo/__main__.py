@@ -6,10 +6,11 @@
    intermediate.dense (the paper's GLUE targets), the classifier head trained fully. The GSOFT
    adapter is then reloaded, merged into the weights and checked against the unmerged one.
 2. Train a GS-LipConvNet on scikit-learn's bundled 8×8 digits and report its certified accuracy.
-3. A short ``recipes.compare`` (``SHORT_COMPARE``: GSOFT, LoRA, PSOFT; SOC vs GS-SOC; 2 seeds).
+3. A short ``recipes.compare`` (``SHORT_COMPARE``: GSOFT, PEFT OFT — the strongest peer in the
+   full comparison —, LoRA and PSOFT at ~0.15M; SOC vs GS-SOC; 2 seeds).
 
-To fit a few minutes on 2 CPU cores, the spam runs use a class-balanced sample (default 480
-train / 240 eval e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
+To keep steps 1–2 short, the spam runs use a class-balanced sample (default 480 train / 240 eval
+e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
 
     scripts/get_data.sh && python -m recipes.demo      # or: make demo
 """
@@ -51,18 +52,18 @@ SPAM_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-# the short version of `python -m recipes.compare` (the full protocol: README "Evidence")
+# the short version of `python -m recipes.compare` (the full protocol: docs/evidence.md)
 SHORT_COMPARE: dict[str, Any] = {
-    "methods": ("gsoft", "lora", "peft_psoft"), "budgets": (150_000,),
-    "sizes": ("gsoft=8", "lora=4", "peft_psoft=96"), "seeds": 2, "lrs": (5e-3,), "max_steps": 20,
-    "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100, "test_size": 200,
-    "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
+    "methods": ("gsoft", "peft_oft", "lora", "peft_psoft"), "budgets": (150_000,),
+    "sizes": ("gsoft=8", "peft_oft=16", "lora=4", "peft_psoft=96"), "seeds": 2, "lrs": (5e-3,),
+    "max_steps": 20, "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100,
+    "test_size": 200, "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
 }  # fmt: skip
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Options of the demo (defaults: a few minutes on 2 CPU cores)."""
+    """Options of the demo (the defaults are the main job; its duration: docs/recipes.md)."""
 
     output_dir: str = option("outputs/demo", "Where adapters, metrics and curves.png go.")
     data_dir: str = option(
@@ -104,6 +105,12 @@ def minilm_dir() -> Path:
     return folder
 
 
+def _step(n: int, cfg: DemoConfig) -> str:
+    """``[k/total]`` for step ``n`` (1 data, 2 fine-tuning, 3 digits, 4 comparison) of this run."""
+    steps = [1, 2, *([3] if cfg.digits else []), *([4] if cfg.compare else [])]
+    return f"[{steps.index(n) + 1}/{len(steps)}]"
+
+
 def _write_split(rows: list[tuple[str, int]], path: Path) -> str:
     with atomic_file(path) as tmp:
         tmp.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
@@ -111,7 +118,7 @@ def _write_split(rows: list[tuple[str, int]], path: Path) -> str:
 
 
 def _spam(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
-    print(f"[1/3] SpamAssassin corpus from {cfg.data_dir} (fetch: {GET_DATA})")
+    print(f"{_step(1, cfg)} SpamAssassin corpus from {cfg.data_dir} (fetch: {GET_DATA})")
     rows = load_spam_assassin(cfg.data_dir)
     train, evaluation = split_balanced(rows, cfg.train_size, cfg.eval_size, cfg.seed)
     n_spam = sum(y for _, y in rows)
@@ -130,7 +137,7 @@ def _spam(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     for i, method in enumerate(cfg.methods):
         sizes = SPAM_SIZES[method]
         label = describe(method, **sizes)
-        print(f"[2/3] MiniLM-L6 + {label} ({i + 1}/{len(cfg.methods)})")
+        print(f"{_step(2, cfg)} MiniLM-L6 + {label} ({i + 1}/{len(cfg.methods)})")
         run_cfg = replace(base, method=method, output_dir=str(out / f"spam-{method}"), **sizes)
         results[method] = {"label": label, **run_finetune(run_cfg)}
     return results
@@ -200,9 +207,9 @@ def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
         from recipes.lipconvnet.train import LipConvNetConfig
         from recipes.lipconvnet.train import run as run_lipconvnet
     except ImportError as err:
-        print(f"[3/3] skipped: the LipConvNet recipe is unavailable ({err})")
+        print(f"{_step(3, cfg)} skipped: the LipConvNet recipe is unavailable ({err})")
         return None
-    print("[3/3] GS-LipConvNet on scikit-learn's digits (1,797 8x8 images, bundled)")
+    print(f"{_step(3, cfg)} GS-LipConvNet on scikit-learn's digits (1,797 8x8 images, bundled)")
     return run_lipconvnet(
         LipConvNetConfig(
             dataset="digits", output_dir=str(out / "digits-gs-lipconvnet"), conv="gs",
@@ -253,7 +260,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from recipes.compare.__main__ import CompareConfig
         from recipes.compare.__main__ import run as run_compare
 
-        print("\nshort comparison (the full protocol: python -m recipes.compare, README Evidence)")
+        print(
+            f"\n{_step(4, cfg)} short comparison: {', '.join(SHORT_COMPARE['methods'])}, "
+            "SOC vs GS-SOC (the full protocol: python -m recipes.compare, docs/evidence.md)"
+        )
         short = CompareConfig(
             output_dir=str(out / "compare"), data_dir=cfg.data_dir, **SHORT_COMPARE
         )

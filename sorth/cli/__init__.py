@@ -90,12 +90,14 @@ def _parser() -> _Parser:
     size = plo.add_mutually_exclusive_group(required=True)
     size.add_argument("--nblocks", type=int, help="r, blocks per factor")
     size.add_argument("--block-size", type=int, help="b = n / r")
-    plo.add_argument("--structure", default="gs", choices=("gs", "oft", "butterfly", "monarch"))
+    plo.add_argument("--structure", default="gs", choices=("gs", "oft", "butterfly", "monarch"),
+                     help="the GS structure to draw (default: gs)")  # fmt: skip
     plo.add_argument("--n-factors", type=int, help="factors m (structure: gs/butterfly; density: "
                      "largest m shown)")  # fmt: skip
-    plo.add_argument("--kind", default="structure", choices=("structure", "density", "ranks"))
+    plo.add_argument("--kind", default="structure", choices=("structure", "density", "ranks"),
+                     help="what to draw (default: structure)")  # fmt: skip
     plo.add_argument("--out", required=True, help="image file (.png, .svg or .pdf)")
-    plo.add_argument("--dpi", type=int, default=100)
+    plo.add_argument("--dpi", type=int, default=100, help="resolution of a .png (default: 100)")
 
     dem = sub.add_parser(
         "demo",

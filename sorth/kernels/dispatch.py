@@ -90,6 +90,11 @@ def select_kernel(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> str:
 
     ``"auto"`` picks Triton for a 2-factor chain on CUDA in fp16/bf16 when triton is
     importable (never under ``torch.compile``, which traces the torch kernel), torch otherwise.
+
+    The Triton kernel is the automatic choice on CUDA, yet it is tested only in Triton's CPU
+    interpreter against the dense reference: it has never run on a GPU, so its speed and its
+    behaviour on real hardware are unmeasured. ``use_kernel("torch")`` (or
+    ``SORTH_GS_KERNEL=torch``) keeps a CUDA run on the tested torch kernel.
     """
     choice = _choice[0]
     if choice == "torch" or (choice == "auto" and x.device.type != "cuda"):  # the hot CPU path

@@ -6,9 +6,9 @@ One adapter on a layer with weight ``W`` (``d_out × d_in`` in PyTorch's ``out �
     side="output":                 y = s ⊙ (A_out · W · x) + bias
     side="both"   (Double GSOFT):  y = s ⊙ (A_out · W · A_in · x) + bias
 
-``A = Pᵀ L P R`` (``structure="gs"``, ``P = P_(r, n)``, paper.md §3) is an orthogonal GS matrix
-owned by a :class:`sorth.GSOrthogonal`; ``s`` is a learnable per-output scale (``scale=True``).
-Merging gives ``W' = diag(s) · A_out · W · A_in``; see :mod:`sorth.tuner.layer`.
+``A = Pᵀ L P R`` (``structure="gs"``, ``P = P_(r, n)``, the paper's Section 6.1) is an orthogonal
+GS matrix owned by a :class:`sorth.GSOrthogonal`; ``s`` is a learnable per-output scale
+(``scale=True``). Merging gives ``W' = diag(s) · A_out · W · A_in``; see :mod:`sorth.tuner.layer`.
 
 Notation (paper → here): ``r`` → ``nblocks``, ``b`` → ``block_size``, ``n = r · b``.
 """

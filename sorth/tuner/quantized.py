@@ -25,7 +25,7 @@ re-quantizing ``W'·A⁻¹``.
 detected by the class / weight type's module and name, without importing those libraries, and
 get a clear :class:`~sorth.tuner.errors.UnsupportedLayerError` (:func:`unsupported_reason`).
 
-bitsandbytes is optional (``pip install sorth[quant]``): it is imported only when a
+bitsandbytes is optional (the ``quant`` extra): it is imported only when a
 bitsandbytes layer is met, and such a layer can only exist if bitsandbytes is installed.
 """
 

@@ -1,4 +1,4 @@
-"""The README's core quick start runs as written and its comments hold."""
+"""The core example of docs/guides/core.md runs as written and its comments hold."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ from pathlib import Path
 
 import torch
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "core.md"
 
 
-def test_readme_core_quick_start(capsys) -> None:
-    text = README.read_text()
-    section = text[text.index("## Quick start") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace: dict = {"__name__": "readme"}
-    exec(compile(code, str(README), "exec"), namespace)
+def test_core_guide_example(capsys) -> None:
+    code = re.search(r"```python\n(.*?)```", PAGE.read_text(), re.S).group(1)
+    namespace: dict = {"__name__": "docs"}
+    exec(compile(code, str(PAGE), "exec"), namespace)
     q, Q = namespace["q"], namespace["Q"]
     assert Q.shape == (1024, 1024)
     assert q.num_parameters == 2 * 32 * 496
