@@ -42,8 +42,10 @@ README_SECTIONS = [
 
 def test_readme_is_a_short_front_door() -> None:
     """≤ 200 lines; what, why and when not, install and the quick start within the first 60."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    text = (ROOT / "README.md").read_text()
+    lines = text.splitlines()
     assert len(lines) <= 200, f"README has {len(lines)} lines"
+    assert not re.search(r"\b(TODO|TBD|XXX|[A-Z]{4,}_[A-Z_]+)\b", text), "a placeholder is left"
     headings = [line for line in lines if line.startswith("## ")]
     assert headings == README_SECTIONS
     start = lines.index("## Quick start")
