@@ -102,13 +102,17 @@ def _argparse_type(hint: Any) -> tuple[Any, dict[str, Any]]:
     return hint, {}
 
 
-def parse_config(cls: type[T], argv: Sequence[str] | None, description: str) -> T:
+def parse_config(
+    cls: type[T], argv: Sequence[str] | None, description: str, *, prog: str | None = None
+) -> T:
     """Parse ``argv`` into the frozen dataclass ``cls`` (every field is a ``--flag``).
 
-    Out-of-range numbers and unknown choices end the program with one line on stderr.
+    ``prog`` is how ``--help`` says the recipe is run (default: ``python -m`` the module that
+    defines ``cls``). Out-of-range numbers and unknown choices end the program with one line on
+    stderr.
     """
     parser = _OneLineParser(
-        prog=_prog(cls),
+        prog=prog or _prog(cls),
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

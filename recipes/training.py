@@ -31,9 +31,6 @@ from recipes.output_dir import (
     resume_from_checkpoint_option,
     run_fingerprint,
 )
-from recipes.output_dir import RUN_FILE as RUN_FILE  # re-export: was defined here
-from recipes.output_dir import _differences as _differences  # re-export: was defined here
-from recipes.output_dir import _read_run as _read_run  # re-export: was defined here
 
 __all__ = [
     "RUN_CONTROL",

@@ -1,13 +1,52 @@
-"""Block counts and factor counts: ``n = nblocks · block_size`` and Theorem 2's density counts.
+"""Block counts and factor counts: ``n = nblocks · block_size``, Theorem 2's density counts and
+the default block size.
 
 Legend: ``n`` features, ``r`` = ``nblocks``, ``b`` = ``block_size``, ``m`` factors.
+
+The default block size (:func:`default_block_size`; a ``SOrthConfig`` without
+``block_size``/``nblocks``, and the recipes' unset ``--block_size``): for a side of size ``n``,
+the smallest divisor ``b`` of ``n`` with ``b ≥ √n``, i.e. ``b² ≥ n``, so ``r = n / b ≤ b``. By
+Theorem 2 of the GSOFT paper the 2-factor GS matrix ``Pᵀ L P R`` with ``r`` blocks of size ``b`` is
+dense exactly when ``b ≥ r``; this rule is the dense choice with the fewest parameters
+(``2 · r · b(b−1)/2 = (b − 1) · n`` per side). Examples: ``n = 768 → b = 32`` (``r = 24``),
+``n = 10 → b = 5``, ``n = 20 → b = 5``, a prime ``n → b = n`` (one dense block), ``n = 1 → b = 1``
+(refused by the tuner: no rotation to train).
+
+The tuner applies the rule per layer and per side when the adapter is built. The config keeps
+``block_size=None, nblocks=None`` (saved so in ``adapter_config.json``), so a saved adapter is
+rebuilt with the same structure on load; ``sorth inspect`` shows ``block_size=auto`` and each
+layer's resulting ``r × b``. Changing this rule would change the structure of saved adapters:
+it is part of the checkpoint format.
 """
 
 from __future__ import annotations
 
+import math
+
 from sorth.errors import BlockSizeError, check_positive_int, divisors
 
-__all__ = ["min_butterfly_factors_for_density", "min_factors_for_density", "resolve_blocks"]
+__all__ = [
+    "default_block_size",
+    "min_butterfly_factors_for_density",
+    "min_factors_for_density",
+    "resolve_blocks",
+]
+
+
+def default_block_size(n: int) -> int:
+    """The smallest divisor ``b`` of ``n`` with ``b ≥ √n`` (the default block size of a side).
+
+    Example:
+        >>> default_block_size(768), default_block_size(10), default_block_size(7)
+        (32, 5, 7)
+    """
+    check_positive_int("n", n)
+    b = math.isqrt(n)
+    if b * b < n:
+        b += 1
+    while n % b:
+        b += 1
+    return b
 
 
 def min_factors_for_density(n: int, block_size: int) -> int:

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from recipes.common import RecipeError, atomic_file
-from recipes.demo.spam import load_spam_assassin
+from recipes.spam import load_spam_assassin
 
 __all__ = ["stratified_split", "write_splits"]
 

@@ -15,7 +15,7 @@ from recipes.common import RecipeError, block_sizes, require_dir
 from sorth.integrations.peft import make_peft_config
 
 if TYPE_CHECKING:
-    from recipes.dreambooth.train import DreamBoothConfig
+    from recipes.dreambooth.config import DreamBoothConfig
 
 __all__ = ["load_components"]
 

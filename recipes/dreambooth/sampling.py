@@ -18,7 +18,7 @@ from recipes.common import atomic_file
 from recipes.dreambooth.data import list_images
 
 if TYPE_CHECKING:
-    from recipes.dreambooth.train import DreamBoothConfig
+    from recipes.dreambooth.config import DreamBoothConfig
 
 __all__ = ["image_grid"]
 

@@ -14,9 +14,10 @@ folders plus ``dreambooth.json``; load with
 ``sorth.integrations.diffusers.load_sorth_into_pipeline``),
 ``validation/step-N.png`` grids, ``metrics.json`` and resumable ``checkpoints/checkpoint-N``.
 
-This module holds the options (:class:`DreamBoothConfig`), the loss, the run and the command
-line; the images and prompt ids are :mod:`recipes.dreambooth.data`, the Stable Diffusion parts
-and adapters :mod:`recipes.dreambooth.model`, class images and validation grids
+This module holds the loss, the run and the command line; the options are
+:class:`recipes.dreambooth.config.DreamBoothConfig`, the images and prompt ids
+:mod:`recipes.dreambooth.data`, the Stable Diffusion parts and adapters
+:mod:`recipes.dreambooth.model`, class images and validation grids
 :mod:`recipes.dreambooth.sampling`.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +35,15 @@ from recipes.common import (
     atomic_dir,
     block_sizes,
     cli,
-    option,
     parse_config,
     require_options,
     save_json,
 )
+from recipes.dreambooth.config import DreamBoothConfig
 from recipes.dreambooth.data import DreamBoothDataset, _tokenize, list_images
 from recipes.dreambooth.model import _adapt, load_components
-from recipes.dreambooth.sampling import _class_images, _eval_parts, _validate, image_grid
-from recipes.dreambooth.sampling import _generate as _generate  # re-export: was defined here
-from recipes.dreambooth.sampling import _pipeline as _pipeline  # re-export: was defined here
-from recipes.output_dir import (
-    claim_output_dir,
-    commit_output_dir,
-    overwrite_output_dir_option,
-    resume_from_checkpoint_option,
-)
+from recipes.dreambooth.sampling import _class_images, _eval_parts, _validate
+from recipes.output_dir import claim_output_dir, commit_output_dir
 from recipes.training import (
     find_checkpoint,
     load_checkpoint,
@@ -58,74 +52,9 @@ from recipes.training import (
     train_steps,
 )
 from sorth.integrations.diffusers import save_pipeline_adapter
-from sorth.integrations.peft import METHODS, count_parameters
+from sorth.integrations.peft import count_parameters
 
-__all__ = ["DreamBoothConfig", "image_grid", "load_components", "main", "run"]
-
-
-@dataclass(frozen=True)
-class DreamBoothConfig:
-    """Every option of the DreamBooth recipe (one ``--flag`` each)."""
-
-    pretrained_model: str = option("", "Local diffusers Stable Diffusion folder (required).")
-    instance_data_dir: str = option("", "Folder with the subject's photos (required).")
-    instance_prompt: str = option("a photo of sks dog", "Prompt with the rare identifier.")
-    output_dir: str = option(
-        "", "Folder for the adapter, validation grids, checkpoints (required)."
-    )
-    with_prior_preservation: bool = option(
-        False, "Add the class-prior loss (needs --class_prompt)."
-    )
-    class_prompt: str = option("", "Prompt of the class, e.g. 'a photo of dog'.")
-    class_data_dir: str = option(
-        "", "Class images; missing ones are generated with the base model."
-    )
-    num_class_images: int = option(100, "Class images wanted for prior preservation.", low=1)
-    prior_loss_weight: float = option(1.0, "Weight of the prior-preservation loss.", low=0)
-    sample_batch_size: int = option(4, "Batch size when generating class images.", low=1)
-    method: str = option(
-        "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
-    )
-    nblocks: int = option(
-        0, "Blocks r per orthogonal factor (0: 32 unless --block_size; paper: GSOFT 32/16/8, "
-        "Double 64/32/16).", low=0,
-    )  # fmt: skip
-    block_size: int = option(0, "Block size b instead of --nblocks (0: use --nblocks).", low=0)
-    rank: int = option(4, "LoRA rank (paper: 4, 32, 128).", low=1)
-    boft_factors: int = option(4, "peft_boft: butterfly factors m.", low=1)
-    scale: bool = option(True, "sorth: learnable per-output scale.")
-    target_modules: tuple[str, ...] = option(
-        ("to_q", "to_k", "to_v", "to_out.0"), "UNet modules to adapt."
-    )
-    train_text_encoder: bool = option(False, "Also adapt the text encoder.")
-    text_encoder_modules: tuple[str, ...] = option(
-        ("q_proj", "k_proj", "v_proj", "out_proj"), "Text-encoder modules to adapt."
-    )
-    resolution: int = option(512, "Training image side (multiple of 8).", low=8)
-    center_crop: bool = option(False, "Center crop instead of random crop.")
-    random_flip: bool = option(False, "Random horizontal flips.")
-    lr: float = option(2e-5, "AdamW learning rate (constant).", low=0, low_open=True)
-    weight_decay: float = option(0.01, "AdamW weight decay.", low=0)
-    max_train_steps: int = option(3000, "Optimizer steps.", low=1)
-    train_batch_size: int = option(4, "Instance images per device and micro-batch.", low=1)
-    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.", low=1)
-    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).", low=0)
-    mixed_precision: str = option(
-        "no", "no, bf16 or fp16 (GPU); adapters stay fp32.", choices=("no", "bf16", "fp16")
-    )
-    seed: int = option(0, "Random seed.", low=0)
-    checkpointing_steps: int = option(
-        500, "Save a resumable checkpoint every N steps (0: off).", low=0
-    )
-    checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
-    resume_from_checkpoint: str = resume_from_checkpoint_option()
-    overwrite_output_dir: bool = overwrite_output_dir_option("adapter, metrics, checkpoints, grids")
-    validation_prompts: tuple[str, ...] = option((), "Prompts rendered every --validation_steps.")
-    validation_steps: int = option(500, "Render validation grids every N steps (0: off).", low=0)
-    num_validation_images: int = option(4, "Images per validation prompt.", low=1)
-    inference_steps: int = option(25, "Sampler steps for validation and class images.", low=1)
-    guidance_scale: float = option(7.0, "Classifier-free guidance scale.", low=0)
-    progress: bool = option(True, "Show tqdm progress bars.")
+__all__ = ["main", "run"]
 
 
 def _check(cfg: DreamBoothConfig) -> None:
@@ -302,7 +231,9 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
 @cli
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command-line entry point (see the module docstring)."""
-    cfg = parse_config(DreamBoothConfig, argv, __doc__.split("\n\n")[0])
+    cfg = parse_config(
+        DreamBoothConfig, argv, __doc__.split("\n\n")[0], prog="python -m recipes.dreambooth.train"
+    )
     result = run(cfg)
     print(
         f"{cfg.method}: {result['trainable_parameters']:,} trainable parameters, "

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from recipes.common import RecipeError
 
 if TYPE_CHECKING:
-    from recipes.finetune.train import FinetuneConfig
+    from recipes.finetune.config import FinetuneConfig
 
 __all__ = ["TextData", "load_table", "tokenize_causal", "tokenize_classification"]
 

@@ -6,7 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from recipes.finetune.train import FinetuneConfig
+    from recipes.finetune.config import FinetuneConfig
 
 
 def _evaluate(

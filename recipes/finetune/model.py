@@ -15,7 +15,7 @@ from recipes.common import RecipeError, block_sizes, resolve_pretrained
 from sorth.integrations.peft import make_peft_config
 
 if TYPE_CHECKING:
-    from recipes.finetune.train import FinetuneConfig
+    from recipes.finetune.config import FinetuneConfig
 
 __all__ = ["PRESETS"]
 

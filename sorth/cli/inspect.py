@@ -177,7 +177,7 @@ def print_inspect(info: dict[str, Any]) -> None:
         size = f"block_size={c['block_size']}"
     elif c.get("nblocks"):
         size = f"nblocks={c['nblocks']}"
-    else:  # per layer: smallest divisor b >= sqrt(n) (sorth.tuner.sizes); see the r×b column
+    else:  # per layer: smallest divisor b >= sqrt(n) (sorth.sizing); see the r×b column
         size = "block_size=auto(b>=√n)"
     targets = c.get("target_modules")
     if isinstance(targets, list):

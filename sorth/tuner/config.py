@@ -25,6 +25,7 @@ from sorth.errors import BlockSizeError, SOrthValueError, check_choice, check_po
 from sorth.orthogonal import METHODS
 from sorth.parametrizations import STORAGES, STRUCTURES
 from sorth.tuner.errors import check_adapter_file
+from sorth.tuner.peft_type import sorth_peft_type
 
 __all__ = ["BIASES", "CONV_SIDES", "SIDES", "SOrthConfig"]
 
@@ -41,7 +42,7 @@ class SOrthConfig(PeftConfig):
     module and to both sides of a Double GSOFT adapter. With neither (saved as such in
     ``adapter_config.json``, so a reload rebuilds the same structure), each side of each layer
     gets its own block size: the smallest divisor ``b`` of its size ``n`` with ``b ≥ √n``, so the
-    2-factor GS matrix is dense (Theorem 2; :func:`sorth.tuner.sizes.default_block_size`).
+    2-factor GS matrix is dense (Theorem 2; :func:`sorth.sizing.default_block_size`).
     Every value is checked here, when the config is built, and every target module's size is
     checked before the model is touched (a block size that does not divide a layer's size, or
     ``b = 1``, which leaves no trainable rotation, raises naming the module).
@@ -165,8 +166,6 @@ class SOrthConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
-        from sorth.tuner.registration import sorth_peft_type
-
         super().__post_init__()
         self.peft_type = sorth_peft_type()
         if isinstance(self.target_modules, list):

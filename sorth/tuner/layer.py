@@ -1,20 +1,25 @@
-"""sorth tuner layers: one shared base (:class:`SOrthLayer`) does all the math.
+"""sorth tuner layers: the shared base :class:`SOrthLayer`, the per-type layers and
+:func:`dispatch_default`.
 
-For a base weight ``W`` (``d_out × d_in``) and the active adapters ``1 … k`` in order, the
-adapted weight is built adapter by adapter (``W_0 = W``)::
+One adapter on a base weight ``W`` (``d_out × d_in``) is ``W' = diag(s) · A_out · W · A_in``
+(``A = I`` for a side that is off; several active adapters apply in order). The base holds the
+set-up (config → rotations); its forward on the activations is
+:class:`sorth.tuner.forward.ActivationForward` and the weight-side arithmetic (``W_k``, merge,
+unmerge; Note [exact unmerge]) :class:`sorth.tuner.merge.WeightMerge`, both bases of
+:class:`SOrthLayer`. Each per-type layer only names its weight layout and its frozen op:
 
-    W_j = diag(s_j) · A_out_j · W_{j-1} · A_in_j          (A = I for a side that is off)
-
-For Linear, Conv1D and Embedding the forward never materialises ``W_k`` or any dense ``A``: it
-rotates the input activations (``A_in_k`` first, ``A_in_1`` last), runs the frozen layer without
-its bias, then applies ``A_out_1, s_1, …, A_out_k, s_k`` and finally adds the bias. Merging
-applies the same recursion to the weight (so several active adapters merge in the order they
-are applied) and unmerging inverts it with ``Aᵀ`` (the factors are orthogonal; never
-``linalg.inv``) and ``1 / s``, or restores the original weight (Note [exact unmerge]).
+===============  ========================  ==================  ============================
+layer            weight                    activations         notes
+===============  ========================  ==================  ============================
+``Linear``       ``(out, in)``             ``(..., in)``
+``Conv1D`` (HF)  ``(in, out)``             ``(..., in)``       GPT-2, ``fan_in_fan_out``
+``Conv2d``       ``(out, in/g, kh, kw)``   ``([N,] C, H, W)``  ``conv_side``
+``Embedding``    ``(num, dim)``            token indices       ``side="output"`` only
+===============  ========================  ==================  ============================
 
 Weight layouts: a layer names the weight dims holding the in- and out-features
 (``_w_in_dim``, ``_w_out_dim``) and the activation dim of its features (``_act_dim``). "Rows"
-below are the weight with the rotated dim moved last, so that ``W · A`` is ``rows @ A``.
+are the weight with the rotated dim moved last, so that ``W · A`` is ``rows @ A``.
 
 Conv2d with ``conv_side="filter"`` rotates the flattened ``C/groups·kh·kw`` filter; that
 rotation cannot act on activations (patches overlap). A Conv2d therefore builds ``W_k`` inside
@@ -23,9 +28,9 @@ arithmetic — for ``conv_side="channels"`` (input channels, ``groups=1``) too �
 layer gives the same numbers as the adapter. This is exact for any kernel, stride, padding,
 dilation, padding_mode and groups.
 
-This module holds the set-up (config → rotations) and the forward; the weight-side arithmetic
-(``W_k``, merge, unmerge) is :class:`sorth.tuner.merge.WeightMerge`, a base of
-:class:`SOrthLayer`.
+Layering (as PEFT's ``oft/layer.py``): ``config → layer → bnb → model``; this module gets the
+config as an argument and imports neither it nor anything above it. :mod:`sorth.tuner.bnb`
+imports it (never the reverse) and :mod:`sorth.tuner.model` owns the order of the dispatchers.
 """
 
 from __future__ import annotations
@@ -33,24 +38,26 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from transformers.pytorch_utils import Conv1D as HFConv1D
 
 from sorth.errors import BlockSizeError, SOrthValueError, divisors
 from sorth.gs import GSMatrix
 from sorth.parametrizations import GSOrthogonal
-from sorth.tuner.merge import NAN_MESSAGE as NAN_MESSAGE  # re-exported: was defined here
+from sorth.sizing import default_block_size
+from sorth.tuner.forward import ActivationForward
 from sorth.tuner.merge import WeightMerge
-from sorth.tuner.sizes import default_block_size
 
-__all__ = ["SOrthLayer"]
+__all__ = ["Conv1D", "Conv2d", "Embedding", "Linear", "SOrthLayer", "dispatch_default"]
 
 
 def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> GSOrthogonal:
     """The :class:`GSOrthogonal` of one side (size ``n``) of a layer for ``config``.
 
     With neither ``block_size`` nor ``nblocks`` given, the block size is
-    :func:`~sorth.tuner.sizes.default_block_size` of ``n`` (smallest divisor ``≥ √n``). A rotation
+    :func:`~sorth.sizing.default_block_size` of ``n`` (smallest divisor ``≥ √n``). A rotation
     whose blocks are all ``1 × 1`` (``b = 1``: each block is the constant 1) has no trainable
     parameter and is refused, as is any block size that does not divide ``n``.
     """
@@ -83,33 +90,7 @@ def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> 
     return rotation
 
 
-class _ScaleShift(torch.autograd.Function):
-    """``y = h ⊙ s + b`` (``s``, ``b`` broadcast along the feature dim; ``b`` may be ``None``)
-    in one pass; backward ``∂h = g ⊙ s``, ``∂s = Σ g ⊙ h``, ``∂b = Σ g`` over the broadcast
-    dims. Autograd's ``mul`` + ``add`` take two passes forward; its ``addcmul`` backward takes
-    an extra pass to multiply by ``value``."""
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, s: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(h if ctx.needs_input_grad[1] else None, s)
-        ctx.has_bias = b is not None
-        return h * s if b is None else torch.addcmul(b, h, s)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        h, s = ctx.saved_tensors
-        dims = [i for i in range(g.dim()) if s.shape[i] == 1]
-
-        def reduce(t: torch.Tensor) -> torch.Tensor:
-            return t.sum(dims, keepdim=True) if dims else t
-
-        gh = g * s if ctx.needs_input_grad[0] else None
-        gs = reduce(g * h) if ctx.needs_input_grad[1] else None
-        gb = reduce(g) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gh, gs, gb
-
-
-class SOrthLayer(WeightMerge, BaseTunerLayer):
+class SOrthLayer(ActivationForward, WeightMerge, BaseTunerLayer):
     """Shared base of the sorth layers (PEFT ``BaseTunerLayer`` contract).
 
     Per adapter name: ``sorth_in[name]`` / ``sorth_out[name]`` (:class:`sorth.GSOrthogonal` on
@@ -158,7 +139,7 @@ class SOrthLayer(WeightMerge, BaseTunerLayer):
 
     def _frozen_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
         """The dtype the frozen op runs in, for a layer input of ``x_dtype`` (the base
-        weight's; a quantized layer's compute dtype, :mod:`sorth.tuner.quantized`)."""
+        weight's; a quantized layer's compute dtype, :mod:`sorth.tuner.bnb`)."""
         return self.get_base_layer().weight.dtype
 
     def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:
@@ -230,127 +211,137 @@ class SOrthLayer(WeightMerge, BaseTunerLayer):
         finally:
             rotation.train(training)
 
-    def _along_act(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
-        """Reshape a per-feature vector to broadcast along the activation feature dim."""
-        shape = [1] * ndim
-        shape[self._act_dim] = -1
-        return v.view(shape)
-
-    def _rotate_act(self, h: torch.Tensor, A: GSMatrix, layer_input: bool) -> torch.Tensor:
-        """``A h`` along the activation feature dim. Under autocast ``h`` goes as it is: the
-        dispatch (:func:`sorth.kernels.gs_apply_planned`) casts it and the factors to the
-        autocast dtype once, so a bf16 activation is not widened to the adapter's float32 only
-        to be cast back; otherwise ``h`` is cast to the adapter's dtype (for the layer's input,
-        PEFT's ``cast_input_dtype`` switch applies)."""
-        if not (h.is_floating_point() and torch.is_autocast_enabled(h.device.type)):
-            h = self._cast_input_dtype(h, A.dtype) if layer_input else h.to(A.dtype)
-        return A.apply(h.movedim(self._act_dim, -1)).movedim(-1, self._act_dim)
-
-    def _adapter_dtype(self, name: str) -> torch.dtype:
-        for table in (self.sorth_in, self.sorth_out, self.sorth_s):
-            if name in table:
-                item = table[name]
-                return item.dtype if isinstance(item, torch.Tensor) else item.params[0].dtype
-        return torch.float32
-
-    # ---------------------------------------------------------------------- forward
-    def _sorth_forward(self, x: torch.Tensor, adapters: list[str]) -> torch.Tensor:
-        """``s_k ⊙ A_out_k ⋯ s_1 ⊙ A_out_1 · W · A_in_1 ⋯ A_in_k · x + bias``.
-
-        The bias goes into the frozen op when nothing follows it (no output rotation, no
-        scale), and into the last scale otherwise (:class:`_ScaleShift`): one pass over the
-        output less than a separate add.
-        """
-        base = self.get_base_layer()
-        previous_dtype = x.dtype if x.is_floating_point() else base.weight.dtype  # (Embedding)
-        W = base.weight  # not .data: a base weight made trainable still gets its gradient
-        # Adapters applied to the weight (Conv2d) come first: they are folded into W whole
-        # (A_in, A_out and s) by the merge's own arithmetic, so merged == unmerged.
-        folded = 0
-        while folded < len(adapters) and (
-            self._fold_in_forward or self.sorth_on_weight[adapters[folded]]
-        ):
-            W = self._apply_to_weight(W, adapters[folded], inverse=False, dropout=True)
-            folded += 1
-        adapters = adapters[folded:]
-        if folded and not adapters:
-            bias = getattr(base, "bias", None)
-            W = W.to(base.weight.dtype)
-            b = None if bias is None else bias.to(W.dtype)
-            x = x.to(W.dtype) if x.is_floating_point() else x
-            return self._linear(x, W, b).to(previous_dtype)
-        for name in reversed(adapters):  # innermost input rotation first
-            A = self._matrix(self.sorth_in, name, self._adapter_dtype(name))
-            if A is None:
-                continue
-            if self.sorth_on_weight[name]:
-                W = self._from_in_rows(self._in_rows(W, True).to(A.dtype) @ A, W, True)
-            else:
-                x = self._rotate_act(x, A, layer_input=True)
-        op_dtype = self._frozen_dtype(previous_dtype)
-        if W is not base.weight:  # rotated on the weight (Conv2d filter side)
-            W = W.to(op_dtype)
-        bias = getattr(base, "bias", None)
-        after = [n for n in adapters if n in self.sorth_out or n in self.sorth_s]
-        if x.is_floating_point() and not (
-            self._frozen_op_autocasts and torch.is_autocast_enabled(x.device.type)
-        ):  # (under autocast the frozen op casts x itself: no widening and casting back)
-            x = x.to(op_dtype)
-        if not after:  # nothing after the frozen op: its own fused bias
-            b = None if bias is None else bias.to(op_dtype)
-            return self._linear(x, W, b).to(previous_dtype)
-        h = self._linear(x, W, None)
-        for name in after:
-            dtype = self._adapter_dtype(name)
-            A = self._matrix(self.sorth_out, name, dtype)
-            if A is not None:
-                h = self._rotate_act(h, A, layer_input=False)
-            if name in self.sorth_s:
-                s = self._along_act(self.sorth_s[name].to(h.dtype), h.dim())
-                last = bias is not None and name == after[-1]
-                b = self._along_act(bias.to(h.dtype), h.dim()) if last else None
-                h, bias = _ScaleShift.apply(h, s, b), None if last else bias
-        if bias is not None:
-            h = h + self._along_act(bias.to(h.dtype), h.dim())
-        return h.to(previous_dtype)
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        adapter_names = kwargs.pop("adapter_names", None)
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if adapter_names is not None:
-            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
-        adapters = self._present(self.active_adapters)
-        if self.merged or not adapters:
-            return self.base_layer(x, *args, **kwargs)
-        return self._sorth_forward(x, adapters)
-
-    def _mixed_batch_forward(
-        self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
-    ) -> torch.Tensor:
-        """Sample ``i`` of the batch goes through adapter ``adapter_names[i]`` alone
-        (``"__base__"`` or an adapter absent from this layer: the base layer)."""
-        if self.merged:
-            raise SOrthValueError(
-                "adapter_names= (mixed-adapter batches) needs unmerged adapters; call "
-                "model.unmerge_adapter() first."
-            )
-        if len(adapter_names) != x.shape[0]:
-            raise SOrthValueError(
-                f"adapter_names has {len(adapter_names)} entries for a batch of {x.shape[0]}."
-            )
-        out = None
-        for name in dict.fromkeys(adapter_names):
-            idx = [i for i, a in enumerate(adapter_names) if a == name]
-            sub = x[idx]
-            adapters = self._present([name])
-            y = self._sorth_forward(sub, adapters) if adapters else self.base_layer(sub, *args)
-            if out is None:
-                out = y.new_empty((x.shape[0], *y.shape[1:]))
-            out[idx] = y.to(out.dtype)
-        return out
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Linear(nn.Module, SOrthLayer):
+    """sorth on ``torch.nn.Linear``: weight ``(out, in)``, features on the last dim."""
+
+    forward = SOrthLayer.forward  # nn.Module's placeholders come first in the MRO
+    extra_repr = SOrthLayer.extra_repr
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, **kwargs: Any):
+        super().__init__()
+        SOrthLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return F.linear(x, weight, bias)
+
+
+class Conv1D(Linear):
+    """sorth on transformers' ``Conv1D`` (GPT-2): weight ``(in, out)`` (``fan_in_fan_out``)."""
+
+    _w_in_dim, _w_out_dim = 0, 1
+
+    @staticmethod
+    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
+        return base.weight.shape[0], base.weight.shape[1]
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        if bias is None:
+            return x @ weight
+        out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight)
+        return out.view(*x.shape[:-1], weight.shape[-1])
+
+
+class Conv2d(Linear):
+    """sorth on ``torch.nn.Conv2d``; weight ``(out, in/groups, kh, kw)``; activations
+    ``(N, C, H, W)`` or unbatched ``(C, H, W)``, so the channels are dim ``-3``."""
+
+    _act_dim = -3
+    _fold_in_forward = True  # merged == unmerged for any kernel/stride/groups (see SOrthLayer)
+
+    @staticmethod
+    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
+        return base.in_channels, base.out_channels
+
+    def _check_layer(self, config: Any) -> None:
+        groups = self.get_base_layer().groups
+        if groups == 1:
+            return
+        if config.conv_side == "channels" and config.side in ("input", "both"):
+            raise SOrthValueError(
+                f"conv_side='channels' needs groups=1 (got groups={groups}): rotating input "
+                "channels would mix groups; use conv_side='filter'."
+            )
+        if config.side in ("output", "both"):
+            raise SOrthValueError(
+                f"side={config.side!r} rotates output channels, which mixes the groups of a "
+                f"grouped conv (groups={groups}); use side='input'."
+            )
+
+    def _input_rotation_size(self, config: Any) -> tuple[int, bool]:
+        W = self.get_base_layer().weight
+        if config.conv_side == "filter":
+            return W[0].numel(), True
+        return self.in_features, False
+
+    def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:
+        return W.flatten(1) if on_weight else W.movedim(1, -1)
+
+    def _from_in_rows(self, T: torch.Tensor, like: torch.Tensor, on_weight: bool) -> torch.Tensor:
+        return T.view(like.shape) if on_weight else T.movedim(-1, 1)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        return self.get_base_layer()._conv_forward(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_features}, out_channels={self.out_features}"
+
+
+class Embedding(Linear):
+    """sorth on ``torch.nn.Embedding`` (weight ``(num_embeddings, dim)``), ``side="output"``
+    only: the embedding vectors are the layer's outputs, ``y = s ⊙ A_out · E[idx]``."""
+
+    _w_in_dim, _w_out_dim = 0, 1
+
+    @staticmethod
+    def _feature_sizes(base: nn.Module) -> tuple[int, int]:
+        return base.num_embeddings, base.embedding_dim
+
+    def _check_layer(self, config: Any) -> None:
+        if config.side != "output":
+            raise SOrthValueError(
+                f"side={config.side!r} on nn.Embedding: its input is a token index, there are no "
+                "input features to rotate; use side='output' (rotates the embedding vectors)."
+            )
+        max_norm = self.get_base_layer().max_norm
+        if max_norm is not None and config.scale:
+            # Note [max_norm]: F.embedding renormalises the rows it looks up to norm <= max_norm
+            # (in place). A rotation keeps row norms, so renormalising commutes with it and the
+            # merged layer is exact; the per-feature scale s changes the norms, so it does not.
+            raise SOrthValueError(
+                f"nn.Embedding(max_norm={max_norm}) with scale=True: the embedding renormalises "
+                "each looked-up row to norm <= max_norm, and the scale s changes row norms, so "
+                "the merged layer would differ from the adapter; use scale=False (the rotation "
+                "alone keeps the norms and merges exactly) or an Embedding without max_norm."
+            )
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        e = self.get_base_layer()  # nn.Embedding has no bias
+        return F.embedding(
+            x, weight, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.in_features}, embedding_dim={self.out_features}"
+
+
+def dispatch_default(base: nn.Module) -> type[SOrthLayer] | None:
+    """The sorth layer class for a plain (not quantized) base module, or ``None``.
+
+    Checked last by :func:`sorth.tuner.model.dispatch_layer_class`: quantized layers (many
+    subclass ``nn.Linear``) are dispatched or refused before this sees them.
+    """
+    if isinstance(base, HFConv1D):
+        return Conv1D
+    if isinstance(base, nn.Linear):
+        return Linear
+    if isinstance(base, nn.Conv2d):
+        return Conv2d
+    if isinstance(base, nn.Embedding):
+        return Embedding
+    return None

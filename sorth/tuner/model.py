@@ -37,19 +37,35 @@ from peft.utils import TRANSFORMERS_MODELS_TO_OFT_TARGET_MODULES_MAPPING
 from torch import nn
 
 from sorth.errors import SOrthValueError
+from sorth.tuner.bnb import dispatch_bnb_4bit, dispatch_bnb_8bit
 from sorth.tuner.errors import AdapterCheckpointError, UnsupportedLayerError
-from sorth.tuner.layer import SOrthLayer
-from sorth.tuner.layer_types import dispatch_layer_class
-from sorth.tuner.quantized import SUPPORTED_QUANTIZED, unsupported_reason
-from sorth.tuner.registration import PREFIX
+from sorth.tuner.layer import SOrthLayer, dispatch_default
+from sorth.tuner.peft_type import PREFIX
+from sorth.tuner.quantization import SUPPORTED_QUANTIZED, unsupported_reason
 from sorth.tuner.rollback import begin_load, record_injection
 
-__all__ = ["AdapterCheckpointError", "SOrthModel", "UnsupportedLayerError"]
+__all__ = ["SOrthModel", "dispatch_layer_class"]
 
 SUPPORTED = (
     "torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding, transformers' Conv1D and "
     "bitsandbytes Linear4bit / Linear8bitLt"
 )
+
+
+def dispatch_layer_class(base: nn.Module) -> type[SOrthLayer] | None:
+    """The sorth layer class for a base module, or ``None`` if sorth cannot adapt it.
+
+    The order is the point (as in PEFT's ``dispatchers`` list): the bitsandbytes layers first,
+    then any other quantized layer is refused (:func:`~sorth.tuner.quantization.unsupported_reason`;
+    many quantized layers subclass ``nn.Linear``), and the default layers are checked last.
+    """
+    for dispatch in (dispatch_bnb_8bit, dispatch_bnb_4bit):
+        layer_cls = dispatch(base)
+        if layer_cls is not None:
+            return layer_cls
+    if unsupported_reason(base) is not None:
+        return None
+    return dispatch_default(base)
 
 
 def _describe(base: nn.Module) -> str:

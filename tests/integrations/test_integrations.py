@@ -47,9 +47,9 @@ def test_registry_has_the_methods_the_programs_name():
 def test_every_program_uses_the_registry():
     """The finetune, dreambooth and demo recipes and the benchmark take their names from it."""
     from recipes import benchmark
-    from recipes.demo.__main__ import DemoConfig
-    from recipes.dreambooth.train import DreamBoothConfig
-    from recipes.finetune.train import FinetuneConfig
+    from recipes.demo.config import DemoConfig
+    from recipes.dreambooth.config import DreamBoothConfig
+    from recipes.finetune.config import FinetuneConfig
     from sorth.integrations.methods import method_of  # what `sorth inspect` prints
 
     def choices(cls, name):

@@ -53,7 +53,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import transformers
 
-    from recipes.demo.__main__ import minilm_dir
+    from recipes.spam import minilm_dir
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

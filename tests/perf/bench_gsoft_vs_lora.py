@@ -31,7 +31,7 @@ def _minilm_steps(bench) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from recipes.demo.__main__ import minilm_dir
+    from recipes.spam import minilm_dir
     from sorth.integrations.peft import make_peft_config
 
     base = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir()), num_labels=2)

