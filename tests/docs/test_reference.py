@@ -93,3 +93,28 @@ def test_named_object_is_on_an_api_page(name: str) -> None:
         assert name in modules, f"no API page documents the module {name} or anything in it"
     elif callable(obj) or inspect.isclass(obj):
         assert id(obj) in ids, f"{name} is named in the README or a guide but on no API page"
+
+
+def test_sorth_config_documents_every_field() -> None:
+    """``SOrthConfig`` has an ``Args:`` entry per field of its own: type, meaning and default."""
+    import dataclasses
+
+    from peft.config import PeftConfig
+
+    from sorth.tuner.config import SOrthConfig
+
+    doc = inspect.getdoc(SOrthConfig)
+    section = doc.split("Args:\n", 1)[1].split("\n\n", 1)[0]
+    entries = dict(re.findall(r"^    (\w+) \(([^)]*)\): ", section, re.M))
+    inherited = {f.name for f in dataclasses.fields(PeftConfig)}
+    own = [f for f in dataclasses.fields(SOrthConfig) if f.name not in inherited]
+    assert [f.name for f in own] == list(entries), "Args: must list every field, in order"
+    for f in own:
+        text = section.split(f"    {f.name} (", 1)[1].split("\n    ", 1)[0]
+        for line in section.split(f"    {f.name} (", 1)[1].splitlines()[1:]:
+            if not line.startswith("        "):
+                break
+            text += " " + line.strip()
+        default = f'"{f.default}"' if isinstance(f.default, str) else repr(f.default)
+        assert f"Default ``{default}``" in text, f"{f.name}: the default {default} is not stated"
+    assert "b ≥ √n" in section  # the default-size rule
