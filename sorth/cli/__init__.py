@@ -5,7 +5,7 @@
     sorth inspect ADAPTER_DIR                    # structure, sizes, parameters, density, ‖QᵀQ−I‖
     sorth merge --base MODEL_DIR --adapter ADAPTER_DIR --out OUT_DIR
     sorth plot --n 64 --nblocks 8 --structure gs --out fig.png
-    sorth demo                                   # the README's main job
+    sorth demo                                   # the main job (make demo)
 
 Every command has ``--help``. Bad paths, adapters that do not fit and invalid sizes end with
 one line on stderr (``sorth <command>: error: …``) and exit status 2; an adapter holding NaN or
@@ -101,7 +101,7 @@ def _parser() -> _Parser:
 
     dem = sub.add_parser(
         "demo",
-        help="run the README's main job",
+        help="run the main job (make demo)",
         description=f"Runs `python -m {DEMO_MODULE}` (the same job as `make demo`) in the "
         "repository checkout (the current folder, or the one sorth is installed from); every "
         "argument after `demo` is passed on (try `sorth demo -- --help`). Without a checkout it "
