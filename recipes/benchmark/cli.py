@@ -19,6 +19,7 @@ from recipes.benchmark.quant import run_quant
 from recipes.benchmark.report import machine, markdown, quant_table, targets
 from recipes.benchmark.settings import DEFAULT_METHODS, HEAVY, METHODS, Settings
 from recipes.benchmark.sweep import plot, run_sweep
+from recipes.notices import quiet_known_notices
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -124,7 +125,13 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the benchmark (``python -m recipes.benchmark``), quiet about the pinned libraries'
+    known notices (Note [known notices] in :mod:`recipes.notices`)."""
+    with quiet_known_notices():
+        return _run(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(argv: list[str]) -> dict:
     s, a = parse(argv)
     if s.threads:
         torch.set_num_threads(s.threads)
