@@ -61,7 +61,14 @@ def test_readme_is_a_short_front_door() -> None:
 
 def _readme_links() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    return [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "//" not in t]
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if "//" not in t]
+
+
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors a code host (and mkdocs' toc) derives from a Markdown page."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    titles = re.findall(r"^#{1,6} (.+)$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", t.replace("`", "").lower()).replace(" ", "-") for t in titles}
 
 
 def test_readme_links_resolve_and_read_fine_on_a_code_host() -> None:
@@ -69,9 +76,11 @@ def test_readme_links_resolve_and_read_fine_on_a_code_host() -> None:
     pages it links to have neither (the math pages are read on the built site)."""
     links = _readme_links()
     assert links
-    for target in links:
+    for link in links:
+        target, _, anchor = link.partition("#")
         path = ROOT / target
         assert path.is_file(), f"README links {target}, which does not exist"
+        assert not anchor or anchor in _anchors(path), f"README links {link}: no such heading"
         if path.suffix != ".md":
             continue
         text = path.read_text()
@@ -80,7 +89,8 @@ def test_readme_links_resolve_and_read_fine_on_a_code_host() -> None:
         raw = re.findall(r"\\[(\[]|\$\$", text)
         assert not raw, f"{target} holds TeX ({raw[:3]}), which a code host shows raw"
     guides = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs" / "guides").glob("*.md")}
-    assert guides <= set(links), f"guides the README does not link: {guides - set(links)}"
+    linked = {link.partition("#")[0] for link in links}
+    assert guides <= linked, f"guides the README does not link: {guides - linked}"
 
 
 def test_site_config_loads_nothing_from_a_cdn() -> None:
