@@ -83,9 +83,10 @@ class SOrthConfig(PeftConfig):
             ``s ⊙ (A_out·W·A_in·x)``). Default ``"input"``.
         scale (bool): a learnable per-output scale ``s`` (initialised to ones), as in the
             paper. Default ``True``.
-        orthogonal_map (str): the orthogonal map of each block: ``"cayley"`` (exact, a batched solve),
-            ``"expm"`` (matrix exponential) or ``"cayley_neumann"`` (the truncated series, per
-            block only while its certified error bound is ≤ 1e-2, the exact solve beyond).
+        orthogonal_map (str): the orthogonal map of each block: ``"cayley"`` (exact, a
+            batched solve), ``"expm"`` (matrix exponential) or ``"cayley_neumann"`` (the
+            truncated series, per block only while its certified error bound is ≤ 1e-2, the
+            exact solve beyond).
             Default ``"cayley"``. (``method=``, its old name, still works with a
             ``DeprecationWarning``.)
         neumann_terms (int): terms ``t`` of the truncated series of ``"cayley_neumann"``.
