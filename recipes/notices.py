@@ -1,7 +1,7 @@
-"""Two notices of the pinned libraries that concern no feature a recipe uses, filtered by name.
+"""Three notices of the pinned libraries that concern no feature a recipe uses, filtered by name.
 
 Note [known notices]: with the versions in ``constraints.txt`` every recipe that builds a PEFT
-model printed two lines that are not about anything it does:
+model printed lines that are not about anything it does:
 
 * ``Failed to load CPU gemm_4bit_forward from kernels-community: ...`` — bitsandbytes 0.50.2
   logs it through its logger ``bitsandbytes.backends.cpu.ops`` when it is imported on a CPU with
@@ -13,7 +13,13 @@ model printed two lines that are not about anything it does:
   ``PeftModel.__init__`` reads that property of every transformers model, and transformers 5.23
   deprecated it. No argument avoids it: the read is PEFT's own.
 
-:func:`quiet_known_notices` drops exactly these two messages (a logging filter on that one
+* ``Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to
+  detect it.`` — DeepSpeed 0.19.8 (the ``distributed`` extra) logs it through its logger
+  ``DeepSpeed`` when it is imported on a machine without an accelerator, and accelerate 1.15's
+  ``unwrap_model`` imports DeepSpeed whenever it is installed, so every run that saved an
+  adapter printed it, ``--deepspeed`` or not. On CPU DeepSpeed's choice is the right one.
+
+:func:`quiet_known_notices` drops exactly these messages (a logging filter on each one
 logger, matching the message's start; a warnings filter on that one message and category) and
 undoes both on exit: every other warning still shows. Drop an entry here once the pins move past
 the versions that print it.
@@ -34,6 +40,7 @@ KNOWN_LOG_NOTICES: tuple[tuple[str, str], ...] = (
         "bitsandbytes.backends.cpu.ops",
         "Failed to load CPU gemm_4bit_forward from kernels-community",
     ),
+    ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator"),
 )
 # (warning category, regex matching the start of the message) of each known warning
 KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (

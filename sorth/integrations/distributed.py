@@ -30,7 +30,7 @@ with ``torchrun --nproc_per_node N`` (gloo on CPU, NCCL on CUDA)::
 * :func:`fsdp1_auto_wrap_policy` — for the older ``FullyShardedDataParallel`` (FSDP1).
 * :func:`reset_sorth_buffers` — after deferred (meta-device) initialisation.
 
-Note [gloo average]: FSDP2 averages gradients with ``ReduceOp.AVG``. pytorch issue 162338
+Note [gloo average]: FSDP2 averages gradients with ``ReduceOp.AVG``. pytorch/pytorch#162338
 reported that gloo summed instead (gradients ``N`` times too large); on torch 2.13 gloo
 averages (measured: 2-process gradients equal 1-process ones, tests/integrations). On gloo,
 :func:`fully_shard_peft` still asks FSDP2 for a sum followed by an explicit division by ``N``
