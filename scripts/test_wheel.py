@@ -1,14 +1,15 @@
 """Check an installed sorth wheel the way a user meets it (run by ``scripts/test_wheel.sh``).
 
 Run with the Python of a venv that has only the wheel (and its dependencies) installed, from a
-folder outside the clone: ``python test_wheel.py README.md``. It
+folder outside the clone: ``python test_wheel.py README.md docs/getting-started.md
+docs/guides/*.md`` (the README first; the pages that hold the user guides' code after it). It
 
 1. checks that ``sorth`` is imported from that venv, not from the clone;
-2. runs every ```python block of the README that needs no user files (blocks naming
+2. runs every ```python block of those pages that needs no user files (blocks naming
    ``path/to/`` or a ``runs/`` folder are listed as skipped), each in its own process in its own
    empty temporary folder;
-3. imports every ``sorth`` module the README names (``sorth.integrations.diffusers``, ...) and
-   resolves every ``sorth.X`` attribute it names;
+3. imports every ``sorth`` module the pages name (``sorth.integrations.diffusers``, ...) and
+   resolves every ``sorth.X`` attribute they name;
 4. runs ``sorth --help`` and ``sorth <command> --help`` for every command, and checks that
    ``sorth demo`` outside a checkout exits 2 with one line saying how to get the main job.
 
@@ -29,14 +30,15 @@ NAMED = re.compile(r"\bsorth(?:\.[A-Za-z_]\w*)+")
 COMMANDS = ("inspect", "merge", "plot", "demo")
 
 
-def python_blocks(readme: str) -> list[str]:
-    """The ```python fenced blocks of ``readme``, in order."""
-    return re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M)
+def python_blocks(page: str) -> list[str]:
+    """The ```python fenced blocks of ``page``, in order (``--8<--`` includes left out)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", page, flags=re.S | re.M)
+    return [b for b in blocks if not b.lstrip().startswith("--8<--")]
 
 
-def named_objects(readme: str) -> list[str]:
-    """Every dotted ``sorth.…`` name in the README (modules and attributes), sorted."""
-    return sorted({m.rstrip(".") for m in NAMED.findall(readme)})
+def named_objects(page: str) -> list[str]:
+    """Every dotted ``sorth.…`` name in ``page`` (modules and attributes), sorted."""
+    return sorted({m.rstrip(".") for m in NAMED.findall(page)})
 
 
 def resolve(name: str) -> str:
@@ -56,9 +58,8 @@ def resolve(name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    readme_path = Path(argv[0]).resolve()
-    readme = readme_path.read_text()
-    clone = readme_path.parent
+    paths = [Path(a).resolve() for a in argv]
+    clone = paths[0].parent  # the README's folder
     failures: list[str] = []
 
     def check(ok: bool, what: str, detail: str = "") -> None:
@@ -77,26 +78,30 @@ def main(argv: list[str]) -> int:
     )
     check(Path.cwd().resolve() != clone, "running outside the clone")
 
-    for i, block in enumerate(python_blocks(readme), start=1):
-        first = block.strip().splitlines()[0]
-        if NEEDS_USER_FILES.search(block):
-            print(f"skip README block {i} (needs user files): {first}")
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run(
-                [sys.executable, "-c", block], cwd=tmp, capture_output=True, text=True,
-                timeout=900, check=False,
-            )  # fmt: skip
-        tail = (proc.stderr.strip().splitlines() or [""])[-1]
-        check(proc.returncode == 0, f"README block {i} ({first})", tail)
+    names: set[str] = set()
+    for path in paths:
+        page, where = path.read_text(), path.relative_to(clone).as_posix()
+        names.update(named_objects(page))
+        for i, block in enumerate(python_blocks(page), start=1):
+            first = block.strip().splitlines()[0]
+            if NEEDS_USER_FILES.search(block):
+                print(f"skip {where} block {i} (needs user files): {first}")
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                proc = subprocess.run(
+                    [sys.executable, "-c", block], cwd=tmp, capture_output=True, text=True,
+                    timeout=900, check=False,
+                )  # fmt: skip
+            tail = (proc.stderr.strip().splitlines() or [""])[-1]
+            check(proc.returncode == 0, f"{where} block {i} ({first})", tail)
 
-    for name in named_objects(readme):
+    for name in sorted(names):
         try:
             kind = resolve(name)
         except Exception as err:  # noqa: PERF203 - report every failure, then exit 1
-            check(False, f"README names {name}", f"{type(err).__name__}: {err}")
+            check(False, f"the docs name {name}", f"{type(err).__name__}: {err}")
         else:
-            check(True, f"README names {name} ({kind})")
+            check(True, f"the docs name {name} ({kind})")
 
     sorth_cli = Path(sys.executable).with_name("sorth")
     for command in ("", *COMMANDS):

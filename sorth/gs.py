@@ -329,7 +329,7 @@ class GSMatrix:
 
         Block ``(k1, k2)`` (``b_L1 × b_R2``) has rank at most
         ``#{i : ⌊i / b_R1⌋ = k2, ⌊σ(i) / b_L2⌋ = k1}`` with ``σ`` the map of ``P``
-        (divisions by block *sizes*, see paper.md §6.4). Returns a ``(k_L, k_R)`` long tensor.
+        (divisions by block *sizes*, not block counts). Returns a ``(k_L, k_R)`` long tensor.
         """
         R, L = self._two_factors("block_ranks")
         return block_rank_bound(tuple(L.shape), tuple(R.shape), self.perms[1], R.device)

@@ -56,8 +56,10 @@ def _factor_shapes(structure: str, n: int, r: int, b: int, m: int) -> list[tuple
 
 
 def _template(structure: str, shapes: list[tuple[int, int]]) -> GSMatrix:
-    """A GS matrix with zero blocks of the right structure (used for its permutations)."""
-    zeros = [torch.zeros(k, bb, bb) for k, bb in shapes]
+    """A GS matrix with zero blocks of the right structure (used for its permutations), on the
+    CPU whatever the default device: under ``with torch.device("meta")`` (deferred init) the
+    permutations are still computed (Note [meta init])."""
+    zeros = [torch.zeros(k, bb, bb, device="cpu") for k, bb in shapes]
     if structure == "gs":
         if len(zeros) == 2:
             return GSMatrix.gsoft(zeros[1], zeros[0])
@@ -166,23 +168,52 @@ class GSOrthogonal(nn.Module):
         self.params = nn.ParameterList(
             nn.Parameter(torch.zeros(self._param_shape(k, bb), **factory)) for k, bb in self._shapes
         )
-        template = _template(structure, self._shapes)
         self._perm_names: list[str | None] = []
+        self._plan_kinds: list[tuple[int, int] | str | None] = []
+        buffers = self._permutation_buffers()
+        buffer_device = device if device is not None else torch.empty(0).device
+        for name, P in buffers.items():
+            self.register_buffer(name, P.to(buffer_device), persistent=False)
+
+    def _permutation_buffers(self) -> dict[str, torch.Tensor]:
+        """The permutation buffers (CPU), filling ``_perm_names`` / ``_plan_kinds`` if empty.
+
+        Note [shuffle plan]: how each permutation is applied (sorth.gs.shuffle_plan) is decided
+        once, here; general permutations keep their inverse as a buffer, so the forward does no
+        data-dependent work (no device sync, torch.compile fullgraph friendly).
+        """
+        template = _template(self.structure, self._shapes)
+        first = not self._perm_names
+        buffers = {}
         for i, P in enumerate(template.perms):
             name = None if P is None else f"perm_{i}"
             if P is not None:
-                self.register_buffer(name, P.to(device), persistent=False)
-            self._perm_names.append(name)
-        # Note [shuffle plan]: how each permutation is applied (sorth.gs.shuffle_plan) is decided
-        # once, here; general permutations keep their inverse as a buffer, so the forward does
-        # no data-dependent work (no device sync, torch.compile fullgraph friendly).
-        self._plan_kinds: list[tuple[int, int] | str | None] = []
+                buffers[name] = P
+            if first:
+                self._perm_names.append(name)
         for i, (fwd, inv) in enumerate(shuffle_plan(template.perms)):
             if isinstance(fwd, torch.Tensor):
-                self.register_buffer(f"perm_{i}_inv", inv.to(device), persistent=False)
-                self._plan_kinds.append("index")
-            else:
-                self._plan_kinds.append(None if fwd is None else (fwd, inv))
+                buffers[f"perm_{i}_inv"] = inv
+            if first:
+                kind = None if fwd is None else (fwd, inv)
+                self._plan_kinds.append("index" if isinstance(fwd, torch.Tensor) else kind)
+        return buffers
+
+    @torch.no_grad()
+    def reset_buffers(self, device: torch.device | str | None = None) -> None:
+        """Recompute the permutation buffers, on ``device`` (default: the parameters' device).
+
+        Note [meta init]: a model built under ``with torch.device("meta")`` and materialised
+        with ``module.to_empty(device=...)`` (deferred initialisation, e.g. before
+        ``fully_shard``) has uninitialised buffers; the permutations are not in the state dict
+        (they follow from the sizes), so loading a checkpoint does not restore them. Call this
+        on every :class:`GSOrthogonal` after ``to_empty``
+        (:func:`sorth.integrations.distributed.reset_sorth_buffers` does it for a model).
+        """
+        if device is None:
+            device = self.params[0].device
+        for name, P in self._permutation_buffers().items():
+            setattr(self, name, P.to(device))
 
     @staticmethod
     def _resolve_factors(structure: str, n: int, r: int, b: int, n_factors: int | None) -> int:

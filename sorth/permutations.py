@@ -8,7 +8,8 @@ Note [scatter]: a permutation matrix ``P`` is stored as the index vector ``perm`
     P_(k,n) @ x == x.reshape(n // k, k).T.reshape(n)
 
 Output group ``g`` (contiguous, size ``n/k``) collects ``x[g], x[g+k], x[g+2k], ...``.
-``P_(k,n)^T = P_(n/k,n)``. See ``shared/paper.md`` §1.3 and the checklist in §6.4.
+``P_(k,n)^T = P_(n/k,n)`` (the paper's Definition 5.2; its prose describes the inverse, the
+formula and the authors' code this convention).
 
 Legend: ``n`` length, ``k`` number of groups, ``b`` block size.
 """

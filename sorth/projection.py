@@ -4,7 +4,7 @@ For ``A = P_L · L · P · R · P_R`` (Definition 3.1) with ``L``: ``(k_L, b_L1,
 ``R``: ``(k_R, b_R1, b_R2)``, block ``(k1, k2)`` (``b_L1 × b_R2``) of ``P_Lᵀ A P_Rᵀ = L P R`` is
 ``Σ_i L[k1][:, σ(i) mod b_L2] ⊗ R[k2][i mod b_R1, :]`` over the inner indices ``i`` that ``P``
 routes from block ``k2`` of ``R``'s output to block ``k1`` of ``L``'s input, ``σ = perm⁻¹``
-(Note [scatter] in :mod:`sorth.permutations`; paper.md §6.4): a sum of that many rank-1 terms.
+(Note [scatter] in :mod:`sorth.permutations`): a sum of that many rank-1 terms.
 :class:`sorth.GSMatrix` exposes both as :meth:`~sorth.GSMatrix.block_ranks` and
 :meth:`~sorth.GSMatrix.project`.
 """

@@ -99,7 +99,8 @@ def test_missing_extra_is_one_clear_error(module: str, blocked: str, extra: str)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == (
-        f'{module} needs {blocked}, which is not installed: pip install "sorth[{extra}]"'
+        f"{module} needs {blocked}, which is not installed: install sorth's "
+        f'"{extra}" extra (in a clone: pip install -c constraints.txt -e ".[{extra}]")'
     )
 
 

@@ -13,7 +13,7 @@ alike) and reported as medians:
 * trainable parameters and the size of the saved adapter (``save_pretrained``).
 
 Every figure is also given as a ratio to LoRA. PEFT's BOFT silently drops to one butterfly factor
-when its CUDA extension is missing (shared/peft_anchors.md §2.3 D5): the number of factors it
+when its CUDA extension is missing: the number of factors it
 really built is read back from ``boft_R`` and the row is marked. ``peft_boft_shim`` runs PEFT's
 own m-factor BOFT code on CPU by providing a pure-torch stand-in for the missing ``fbd_cuda``
 extension (dense block-diagonal, exactly what the kernel computes), so that sorth's butterfly is

@@ -19,31 +19,49 @@ from recipes.benchmark.quant import run_quant
 from recipes.benchmark.report import machine, markdown, quant_table, targets
 from recipes.benchmark.settings import DEFAULT_METHODS, HEAVY, ROWS, Settings
 from recipes.benchmark.sweep import plot, run_sweep
+from recipes.notices import quiet_known_notices
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except for on/off flags (whose default is their absence)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
 
 
 def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     summary = sys.modules[__package__].__doc__.split("\n\n")[0]  # the package's first paragraph
-    p = argparse.ArgumentParser(prog="python -m recipes.benchmark", description=summary)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--tokens", type=int, default=512)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--lora-r", type=int, default=16)
+    p = argparse.ArgumentParser(
+        prog="python -m recipes.benchmark",
+        description=summary,
+        formatter_class=_Help,
+    )
+    p.add_argument("--hidden", type=int, default=1024, help="hidden size d of the Llama")
+    p.add_argument("--layers", type=int, default=2, help="decoder layers of the Llama")
+    p.add_argument("--tokens", type=int, default=512, help="tokens per sequence")
+    p.add_argument("--batch", type=int, default=1, help="sequences per batch")
+    p.add_argument(
+        "--block-size", type=int, default=32, help="block size b of sorth and PEFT OFT / BOFT"
+    )
+    p.add_argument("--lora-r", type=int, default=16, help="rank of the LoRA reference")
     p.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
         help=f"comma-separated subset of {','.join(ROWS)} (lora is the reference)",
     )
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--heavy-reps", type=int, default=2, help=f"rounds for {HEAVY}")
-    p.add_argument("--heavy-memory", action="store_true", help=f"memory probe also for {HEAVY}")
+    p.add_argument(
+        "--reps", type=int, default=5, help="interleaved rounds of training steps (inference: 2×)"
+    )
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    p.add_argument("--heavy-reps", type=int, default=2, help=f"rounds for {', '.join(HEAVY)}")
+    p.add_argument(
+        "--heavy-memory", action="store_true", help=f"memory probe also for {', '.join(HEAVY)}"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--sweep", default="512,1024,2048,4096", help="hidden sizes; '' to skip")
-    p.add_argument("--sweep-tokens", type=int, default=128)
-    p.add_argument("--sweep-layers", type=int, default=1)
-    p.add_argument("--sweep-reps", type=int, default=3)
+    p.add_argument("--sweep-tokens", type=int, default=128, help="tokens per step in the sweep")
+    p.add_argument("--sweep-layers", type=int, default=1, help="decoder layers in the sweep")
+    p.add_argument("--sweep-reps", type=int, default=3, help="interleaved rounds per sweep size")
     p.add_argument(
         "--sweep-boft-max",
         type=int,
@@ -51,12 +69,31 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         help="largest d for PEFT BOFT in the sweep (it builds dense d×d matrices)",
     )
     p.add_argument("--unet", action="store_true", help="a small diffusers UNet instead of Llama")
-    p.add_argument("--no-memory", dest="memory", action="store_false")
-    p.add_argument("--no-kernel", dest="kernel", action="store_false")
+    p.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the step-memory probe (one fresh process per method)",
+    )
+    p.add_argument(
+        "--no-kernel",
+        dest="kernel",
+        action="store_false",
+        help="skip timing the GS multiply against one torch.bmm of the same FLOPs",
+    )
     p.add_argument("--no-main", dest="main", action="store_false", help="only kernel and sweep")
-    p.add_argument("--out", type=Path, default=Path("benchmark-results"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmark-results"),
+        help="folder for benchmark.md, benchmark.json and the plot",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the models and inputs")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (CUDA when available)",
+    )
     p.add_argument(
         "--gpu-sizes",
         default="1024,2048,4096" if torch.cuda.is_available() else "",
@@ -88,7 +125,13 @@ def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the benchmark (``python -m recipes.benchmark``), quiet about the pinned libraries'
+    known notices (Note [known notices] in :mod:`recipes.notices`)."""
+    with quiet_known_notices():
+        return _run(list(sys.argv[1:] if argv is None else argv))
+
+
+def _run(argv: list[str]) -> dict:
     s, a = parse(argv)
     if s.threads:
         torch.set_num_threads(s.threads)

@@ -50,7 +50,7 @@ def run_main(s: Settings, argv: list[str]) -> dict:
             msg = f"{name}: PEFT BOFT built {got} butterfly factor(s), {m_req} requested"
             print(("  OK  " if got == m_req else "  !!  ") + msg)
             if got != m_req:
-                row["notes"].append(f"only m={got} of {m_req} (fbd_cuda fallback, D5)")
+                row["notes"].append(f"only m={got} of {m_req} (fbd_cuda fallback)")
         if name == "butterfly":
             row["butterfly_factors"] = sorth_factors(model)
         rows[name] = row

@@ -39,7 +39,7 @@ def machine() -> dict:
 
 
 def targets(res: dict) -> list[tuple[str, str, str, bool | None]]:
-    """(target, threshold, measured, met) for every target of the issue."""
+    """(target, threshold, measured, met) for every performance target (see docs/benchmarks.md)."""
     rows, out = res.get("main", {}).get("rows", {}), []
 
     def get(n: str, k: str) -> float | None:

@@ -17,7 +17,7 @@ PAPER_TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """Options of the comparison (defaults: the README table's protocol, ~2 h on 2 CPU cores)."""
+    """Options of the comparison (defaults: the protocol of docs/evidence.md)."""
 
     output_dir: str = option("outputs/compare", "Folder for cells, summary.json, table, plots.")
     parts: tuple[str, ...] = option(

@@ -16,7 +16,7 @@ from typing import Any
 
 from recipes.common import atomic_file
 
-__all__ = ["aggregate_lipschitz", "aggregate_spam", "markdown", "plot"]
+__all__ = ["aggregate_lipschitz", "aggregate_spam", "markdown", "plot", "summary_table"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -124,6 +124,34 @@ def markdown(spam: list[dict[str, Any]], lipschitz: list[dict[str, Any]]) -> str
                 f"{r['seconds_per_step']:.3f} |"
             )
     return "\n".join(line for line in out if line is not None) + "\n"
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The short table of a ``summary.json``: one row per method, test accuracy per budget.
+
+    The README's evidence table is this table of ``docs/measurements/compare_summary.json``
+    (a test checks it). Rows follow ``summary["config"]["methods"]``; per budget the trainable
+    count and the test accuracy (mean ± std over seeds); ``–`` where a method has no row at a
+    budget (a size that is closest to both budgets runs once).
+    """
+    rows = {(r["method"], r["budget"]): r for r in summary["spam"]}
+    budgets = sorted({b for _, b in rows})
+    methods = [m for m in summary["config"]["methods"] if any((m, b) in rows for b in budgets)]
+    head = "".join(f" trainable (~{b / 1e6:g}M) | test acc (~{b / 1e6:g}M) |" for b in budgets)
+    out = [f"| method |{head}", "|---|" + "---:|---|" * len(budgets)]
+    for method in methods:
+        label = next(rows[method, b]["label"] for b in budgets if (method, b) in rows)
+        cells = []
+        for budget in budgets:
+            r = rows.get((method, budget))
+            if r is None:
+                cells.append(" – | – |")
+                continue
+            mark = "" if r["complete"] else " (incomplete)"
+            acc = _pm(r["test_accuracy_mean"], r["test_accuracy_std"])
+            cells.append(f" {r['trainable_parameters']:,} | {acc}{mark} |")
+        out.append(f"| {label} |" + "".join(cells))
+    return "\n".join(out) + "\n"
 
 
 def _save(fig: Any, path: Path) -> None:

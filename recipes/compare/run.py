@@ -7,13 +7,13 @@ at that lr, all reported on test. LipConvNet part: SOC vs GS-SOC (4,−), (4,1),
 scikit-learn's digits, clean and certified accuracy. Every cell is resumable (a rerun skips
 finished cells), and processes with disjoint ``--methods`` may share one ``--output_dir``;
 ``--report_only`` then rebuilds the tables from every finished cell. The defaults are the
-protocol of the README's table (100 steps of 16 × 32 tokens, lrs 1e-3 and 5e-3, 3 seeds, two
+protocol of docs/evidence.md (100 steps of 16 × 32 tokens, lrs 1e-3 and 5e-3, 3 seeds, two
 budgets; ~4 CPU-core-hours)::
 
     python -m recipes.compare --output_dir outputs/compare
 
-Outputs: ``summary.json``, ``table.md``, ``compare.png``, ``curves.png``, ``lipschitz.png``
-and one folder per cell under ``spam/`` and ``lipschitz/``.
+Outputs: ``summary.json``, ``table.md``, ``summary_table.md``, ``compare.png``, ``curves.png``,
+``lipschitz.png`` and one folder per cell under ``spam/`` and ``lipschitz/``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from typing import Any
 from recipes.common import RecipeError, atomic_file, cli, parse_config, save_json
 from recipes.compare.config import CompareConfig
 from recipes.compare.methods import COMPARED, fixed_sizes, match_budget
-from recipes.compare.report import aggregate_lipschitz, aggregate_spam, markdown, plot
+from recipes.compare.report import (
+    aggregate_lipschitz,
+    aggregate_spam,
+    markdown,
+    plot,
+    summary_table,
+)
 from sorth.integrations.methods import METHODS
 
 __all__ = ["machine", "main", "report", "run"]
@@ -180,6 +186,8 @@ def report(cfg: CompareConfig, out: Path, elapsed: float) -> dict[str, Any]:
     with atomic_file(out / "table.md") as tmp:
         tmp.write_text(f"Measured {now} on {info['cpu']} ({info['cores']} cores, "
                        f"{info['torch_threads']} torch threads).\n\n{table}")  # fmt: skip
+    with atomic_file(out / "summary_table.md") as tmp:
+        tmp.write_text(summary_table(summary) if spam else "")
     title = f"MiniLM-L6, SpamAssassin ({cfg.max_steps} steps, {cfg.max_length} tokens)"
     plot(spam, lip, out, title)
     return summary

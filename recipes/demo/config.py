@@ -20,18 +20,18 @@ SPAM_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-# the short version of `python -m recipes.compare` (the full protocol: README "Evidence")
+# the short version of `python -m recipes.compare` (the full protocol: docs/evidence.md)
 SHORT_COMPARE: dict[str, Any] = {
-    "methods": ("gsoft", "lora", "peft_psoft"), "budgets": (150_000,),
-    "sizes": ("gsoft=8", "lora=4", "peft_psoft=96"), "seeds": 2, "lrs": (5e-3,), "max_steps": 20,
-    "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100, "test_size": 200,
-    "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
+    "methods": ("gsoft", "peft_oft", "lora", "peft_psoft"), "budgets": (150_000,),
+    "sizes": ("gsoft=8", "peft_oft=16", "lora=4", "peft_psoft=96"), "seeds": 2, "lrs": (5e-3,),
+    "max_steps": 20, "eval_steps": 5, "max_length": 32, "train_samples": 320, "val_size": 100,
+    "test_size": 200, "lip_variants": ("soc", "gs-4"), "lip_channels": 4, "lip_epochs": 2,
 }  # fmt: skip
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Options of the demo (defaults: a few minutes on 2 CPU cores)."""
+    """Options of the demo (the defaults are the main job; its duration: docs/recipes.md)."""
 
     output_dir: str = option("outputs/demo", "Where adapters, metrics and curves.png go.")
     data_dir: str = option(

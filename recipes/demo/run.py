@@ -6,10 +6,11 @@
    intermediate.dense (the paper's GLUE targets), the classifier head trained fully. The GSOFT
    adapter is then reloaded, merged into the weights and checked against the unmerged one.
 2. Train a GS-LipConvNet on scikit-learn's bundled 8×8 digits and report its certified accuracy.
-3. A short ``recipes.compare`` (``SHORT_COMPARE``: GSOFT, LoRA, PSOFT; SOC vs GS-SOC; 2 seeds).
+3. A short ``recipes.compare`` (``SHORT_COMPARE``: GSOFT, PEFT OFT — the strongest peer in the
+   full comparison —, LoRA and PSOFT at ~0.15M; SOC vs GS-SOC; 2 seeds).
 
-To fit a few minutes on 2 CPU cores, the spam runs use a class-balanced sample (default 480
-train / 240 eval e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
+To keep steps 1–2 short, the spam runs use a class-balanced sample (default 480 train / 240 eval
+e-mails) truncated to 64 tokens, one epoch. Run from the repository root::
 
     scripts/get_data.sh && python -m recipes.demo      # or: make demo
 """
@@ -33,6 +34,12 @@ from sorth.integrations.methods import describe
 __all__ = ["main"]
 
 
+def _step(n: int, cfg: DemoConfig) -> str:
+    """``[k/total]`` for step ``n`` (1 data, 2 fine-tuning, 3 digits, 4 comparison) of this run."""
+    steps = [1, 2, *([3] if cfg.digits else []), *([4] if cfg.compare else [])]
+    return f"[{steps.index(n) + 1}/{len(steps)}]"
+
+
 def _write_split(rows: list[tuple[str, int]], path: Path) -> str:
     with atomic_file(path) as tmp:
         tmp.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
@@ -40,7 +47,7 @@ def _write_split(rows: list[tuple[str, int]], path: Path) -> str:
 
 
 def _spam(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
-    print(f"[1/3] SpamAssassin corpus from {cfg.data_dir} (fetch: {GET_DATA})")
+    print(f"{_step(1, cfg)} SpamAssassin corpus from {cfg.data_dir} (fetch: {GET_DATA})")
     rows = load_spam_assassin(cfg.data_dir)
     train, evaluation = split_balanced(rows, cfg.train_size, cfg.eval_size, cfg.seed)
     n_spam = sum(y for _, y in rows)
@@ -59,7 +66,7 @@ def _spam(cfg: DemoConfig, out: Path) -> dict[str, dict[str, Any]]:
     for i, method in enumerate(cfg.methods):
         sizes = SPAM_SIZES[method]
         label = describe(method, **sizes)
-        print(f"[2/3] MiniLM-L6 + {label} ({i + 1}/{len(cfg.methods)})")
+        print(f"{_step(2, cfg)} MiniLM-L6 + {label} ({i + 1}/{len(cfg.methods)})")
         run_cfg = replace(base, method=method, output_dir=str(out / f"spam-{method}"), **sizes)
         results[method] = {"label": label, **run_finetune(run_cfg)}
     return results
@@ -129,9 +136,9 @@ def _digits(cfg: DemoConfig, out: Path) -> dict[str, Any] | None:
         from recipes.lipconvnet.config import LipConvNetConfig
         from recipes.lipconvnet.train import run as run_lipconvnet
     except ImportError as err:
-        print(f"[3/3] skipped: the LipConvNet recipe is unavailable ({err})")
+        print(f"{_step(3, cfg)} skipped: the LipConvNet recipe is unavailable ({err})")
         return None
-    print("[3/3] GS-LipConvNet on scikit-learn's digits (1,797 8x8 images, bundled)")
+    print(f"{_step(3, cfg)} GS-LipConvNet on scikit-learn's digits (1,797 8x8 images, bundled)")
     return run_lipconvnet(
         LipConvNetConfig(
             dataset="digits", output_dir=str(out / "digits-gs-lipconvnet"), conv="gs",
@@ -182,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from recipes.compare.config import CompareConfig
         from recipes.compare.run import run as run_compare
 
-        print("\nshort comparison (the full protocol: python -m recipes.compare, README Evidence)")
+        print(
+            f"\n{_step(4, cfg)} short comparison: {', '.join(SHORT_COMPARE['methods'])}, "
+            "SOC vs GS-SOC (the full protocol: python -m recipes.compare, docs/evidence.md)"
+        )
         short = CompareConfig(
             output_dir=str(out / "compare"), data_dir=cfg.data_dir, **SHORT_COMPARE
         )

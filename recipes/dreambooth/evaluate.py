@@ -1,6 +1,6 @@
 """Generate per-prompt samples of a DreamBooth adapter and score them: CLIP-I, CLIP-T, DINO.
 
-Metric definitions (DreamBooth, Ruiz et al. 2023; shared/diffusion_and_data.md §1.6), with
+Metric definitions (DreamBooth, Ruiz et al. 2023), with
 ``norm(v) = v/‖v‖`` and the subject's real photos as references:
 
 * CLIP-I: mean over all (generated, real) pairs of cos(CLIP image embeddings);

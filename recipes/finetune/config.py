@@ -81,5 +81,8 @@ class FinetuneConfig:
     load_in_4bit: bool = option(False, "QGSOFT: bitsandbytes NF4 base (bf16 compute on GPU).")
     load_in_8bit: bool = option(False, "QGSOFT: bitsandbytes int8 (LLM.int8()) base.")
     mixed_precision: str = option("no", "no, bf16 or fp16 (GPU).", choices=("no", "bf16", "fp16"))
+    fsdp: bool = option(False, "Shard the base model with FSDP2 (under torchrun).")
+    deepspeed: str = option("", "DeepSpeed config JSON, e.g. ZeRO-3 (under torchrun); empty: off.")
+    activation_checkpointing: bool = option(False, "--fsdp: recompute block activations.")
     seed: int = option(42, "Random seed (data order, head init).", low=0)
     progress: bool = option(True, "Show tqdm progress bars.")

@@ -43,6 +43,7 @@ from recipes.common import (
 )
 from recipes.finetune.config import FinetuneConfig
 from recipes.finetune.data import _collate, _prepare_data
+from recipes.finetune.distributed import run_sharded
 from recipes.finetune.evaluation import _evaluate, _metric
 from recipes.finetune.model import _adapt, _load_model, _load_tokenizer
 from recipes.output_dir import claim_output_dir, commit_output_dir
@@ -90,6 +91,8 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
 
     _check(cfg)
     resolve_pretrained(cfg.model)  # fail fast, before the heavy imports
+    if cfg.fsdp or cfg.deepspeed:  # a sharded base model: recipes.finetune.distributed
+        return run_sharded(cfg, _lr_lambda)
     accelerator = make_accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

@@ -5,7 +5,7 @@
     sorth inspect ADAPTER_DIR                    # structure, sizes, parameters, density, ‖QᵀQ−I‖
     sorth merge --base MODEL_DIR --adapter ADAPTER_DIR --out OUT_DIR
     sorth plot --n 64 --nblocks 8 --structure gs --out fig.png
-    sorth demo                                   # the README's main job
+    sorth demo                                   # the main job (make demo)
 
 Every command has ``--help``. Bad paths, adapters that do not fit and invalid sizes end with
 one line on stderr (``sorth <command>: error: …``) and exit status 2; an adapter holding NaN or
@@ -90,16 +90,18 @@ def _parser() -> _Parser:
     size = plo.add_mutually_exclusive_group(required=True)
     size.add_argument("--nblocks", type=int, help="r, blocks per factor")
     size.add_argument("--block-size", type=int, help="b = n / r")
-    plo.add_argument("--structure", default="gs", choices=("gs", "oft", "butterfly", "monarch"))
+    plo.add_argument("--structure", default="gs", choices=("gs", "oft", "butterfly", "monarch"),
+                     help="the GS structure to draw (default: gs)")  # fmt: skip
     plo.add_argument("--n-factors", type=int, help="factors m (structure: gs/butterfly; density: "
                      "largest m shown)")  # fmt: skip
-    plo.add_argument("--kind", default="structure", choices=("structure", "density", "ranks"))
+    plo.add_argument("--kind", default="structure", choices=("structure", "density", "ranks"),
+                     help="what to draw (default: structure)")  # fmt: skip
     plo.add_argument("--out", required=True, help="image file (.png, .svg or .pdf)")
-    plo.add_argument("--dpi", type=int, default=100)
+    plo.add_argument("--dpi", type=int, default=100, help="resolution of a .png (default: 100)")
 
     dem = sub.add_parser(
         "demo",
-        help="run the README's main job",
+        help="run the main job (make demo)",
         description=f"Runs `python -m {DEMO_MODULE}` (the same job as `make demo`) in the "
         "repository checkout (the current folder, or the one sorth is installed from); every "
         "argument after `demo` is passed on (try `sorth demo -- --help`). Without a checkout it "

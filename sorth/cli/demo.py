@@ -1,4 +1,4 @@
-"""``sorth demo``: run the README's main job (``python -m recipes.demo``) in the checkout."""
+"""``sorth demo``: run the main job (``python -m recipes.demo``) in the checkout."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def demo_root() -> Path | None:
 
 
 def demo_entry() -> str:
-    """The module ``sorth demo`` runs: the README's main job, the one `make demo` runs."""
+    """The module ``sorth demo`` runs: the main job, the one `make demo` runs."""
     return DEMO_MODULE
 
 

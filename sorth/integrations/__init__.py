@@ -16,7 +16,8 @@ Each sub-module is imported on its own and only when used, so ``import sorth`` (
   Diffusion / CLIP / DINO folders; :mod:`sorth.integrations.pytest_fixtures` (``test``).
 
 A missing optional dependency raises :class:`MissingExtraError` (an ``ImportError``) naming the
-extra to install, e.g. ``pip install "sorth[diffusion]"``.
+extra to install, e.g. the ``diffusion`` extra (in a clone:
+``pip install -c constraints.txt -e ".[diffusion]"``).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ def require(feature: str, extra: str, *modules: str) -> None:
     missing = [m for m in modules if not _available(m)]
     if missing:
         raise MissingExtraError(
-            f"{feature} needs {', '.join(missing)}, which is not installed: "
-            f'pip install "sorth[{extra}]"',
+            f"{feature} needs {', '.join(missing)}, which is not installed: install sorth's "
+            f'"{extra}" extra (in a clone: pip install -c constraints.txt -e ".[{extra}]")',
             name=missing[0],
         )
 

@@ -23,11 +23,21 @@ def save_adapter(accelerator: Any, model: Any, folder: str | Path, tokenizer: An
     """``save_pretrained`` the unwrapped adapter (and tokenizer) on the main process only.
 
     The folder appears atomically (written next to it, then ``os.replace``); every rank waits
-    for the save before returning.
+    for the save before returning. A model sharded by accelerate's FSDP2 or DeepSpeed ZeRO-3
+    plugin is gathered first, on every rank (:mod:`sorth.integrations.distributed`), so the
+    file holds whole tensors, not rank 0's shards.
     """
+    from sorth.tuner.sharding import sharding_of
+
+    unwrapped = accelerator.unwrap_model(model)
+    kwargs = {}
+    if any(sharding_of(p) for p in unwrapped.parameters()):
+        from sorth.integrations.distributed import gather_adapter_state_dict
+
+        kwargs["state_dict"] = gather_adapter_state_dict(unwrapped)  # a collective
     if accelerator.is_main_process:
         with atomic_dir(folder) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
+            unwrapped.save_pretrained(tmp, **kwargs)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
     accelerator.wait_for_everyone()
@@ -42,8 +52,11 @@ def rank_max_abs_diff(accelerator: Any, model: Any) -> float:
     """
     import torch
 
-    flat = torch.cat(
-        [p.detach().double().flatten() for p in model.parameters() if p.requires_grad]
-    ).to(accelerator.device)
+    whole = [  # an FSDP2 shard is gathered first (every rank then holds the same tensor)
+        p.full_tensor() if hasattr(p, "full_tensor") else p
+        for p in model.parameters()
+        if p.requires_grad
+    ]
+    flat = torch.cat([p.detach().double().flatten() for p in whole]).to(accelerator.device)
     every = accelerator.gather(flat[None])  # (num_processes, n)
     return float((every - every[0]).abs().max().item())

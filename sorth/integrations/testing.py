@@ -1,7 +1,7 @@
 """Tiny models built from configs, saved as local folders: offline fixtures for tests and docs.
 
 Nothing here downloads anything. Every adapted Linear has a width of 32, 64 or 128 so block sizes
-4, 8 and 16 all fit. Sizes and construction follow ``shared/diffusion_and_data.md`` §2–3.
+4, 8 and 16 all fit.
 """
 
 from __future__ import annotations

@@ -115,6 +115,12 @@ def select_kernel(
     importable (never under ``torch.compile``, which traces the torch kernel), torch otherwise.
     With ``plan`` (:attr:`sorth.GSMatrix.plan`) the answer also reflects a failed first-use
     check of this kernel class (Note [Triton check]); it never runs one.
+
+    The Triton kernel is the automatic choice on CUDA, yet it is tested only in Triton's CPU
+    interpreter against the dense reference: it has never run on a GPU, so its speed and its
+    behaviour on real hardware are unmeasured (each first use on CUDA is checked against the
+    torch kernel, Note [Triton check]). ``use_kernel("torch")`` (or ``SORTH_GS_KERNEL=torch``)
+    keeps a CUDA run on the tested torch kernel.
     """
     choice = _choice[0]
     if choice == "torch" or (choice == "auto" and x.device.type not in AUTO_DEVICES):

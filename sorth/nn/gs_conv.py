@@ -1,4 +1,4 @@
-"""GS orthogonal convolution (paper.md §4, GSOFT Section 6.3 and App. F).
+"""GS orthogonal convolution (the GSOFT paper's Section 6.3 and Appendix F).
 
 .. math::  Y = \\mathrm{GrExpConv}_2(\\mathrm{ChShuffle}_2(\\mathrm{GrExpConv}_1(
            \\mathrm{ChShuffle}_1(X))))

@@ -1,4 +1,4 @@
-"""LipConvNet-N (Singla & Feizi 2021; GSOFT paper.md §4): a certified 1-Lipschitz CNN.
+"""LipConvNet-N (Singla & Feizi 2021; the GSOFT paper's Table 3): a certified 1-Lipschitz CNN.
 
 Five stages of ``depth/5`` blocks (orthogonal conv + MaxMin). Within a stage every conv is 3×3
 and stride 1 except the last, which has stride 2 and doubles the width; in stage 5 that last

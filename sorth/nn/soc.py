@@ -1,4 +1,4 @@
-"""Skew orthogonal convolution (SOC, Singla & Feizi 2021), grouped as in GSOFT (paper.md §4).
+"""Skew orthogonal convolution (SOC, Singla & Feizi 2021), grouped as in GSOFT (Section 6.3).
 
 For a raw kernel ``M`` the skew kernel ``L = ½ (M − T(M))`` (``T`` swaps in/out channels and flips
 both spatial axes) gives a convolution ``x ↦ L ⋆ x`` whose Jacobian is skew-symmetric, for

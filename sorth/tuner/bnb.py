@@ -25,7 +25,7 @@ re-quantizing ``W'·A⁻¹``.
 (:mod:`sorth.tuner.model` tries them before the default layers, which bitsandbytes' layers
 subclass); any other quantized layer is refused there (:mod:`sorth.tuner.quantization`).
 
-bitsandbytes is optional (``pip install sorth[quant]``): it is imported only when a
+bitsandbytes is optional (the ``quant`` extra): it is imported only when a
 bitsandbytes layer is met, and such a layer can only exist if bitsandbytes is installed.
 """
 
@@ -41,6 +41,7 @@ from torch import nn
 from sorth.tuner.layer import Linear
 from sorth.tuner.merge import NAN_MESSAGE
 from sorth.tuner.quantization import bnb_kind
+from sorth.tuner.sharding import check_unsharded
 
 __all__ = [
     "Linear4bit",
@@ -75,8 +76,9 @@ def _unpacked(data: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
 def _unpack(base: nn.Module) -> None:
     """Put a packed ``Linear4bit`` weight back in the standard layout (:func:`_unpacked`)."""
     W = base.weight
-    if _is_packed(W.quant_state):
-        W.data, W.quant_state = _unpacked(W.data, W.quant_state)
+    state = getattr(W, "quant_state", None)  # (an FSDP2 shard of the weight has none)
+    if state is not None and _is_packed(state):
+        W.data, W.quant_state = _unpacked(W.data, state)
         if hasattr(base, "quant_state"):
             base.quant_state = W.quant_state
 
@@ -143,6 +145,7 @@ class _QuantizedLinear(Linear):
         names = self._present(check_adapters_to_merge(self, adapter_names))
         if not names:
             return
+        check_unsharded(self.get_base_layer().weight, "merge the adapter")  # Note [sharded merge]
         W = self.get_base_weight()
         merged = W
         for name in names:
@@ -159,6 +162,7 @@ class _QuantizedLinear(Linear):
         """Restore the pre-merge quantized weight exactly (no re-quantization)."""
         if not self.merged_adapters:
             return
+        check_unsharded(self.get_base_layer().weight, "unmerge the adapter")
         if self._pre_merge is not None:
             self._restore(self._pre_merge)
             self._pre_merge = None

@@ -6,9 +6,9 @@ One adapter on a layer with weight ``W`` (``d_out × d_in`` in PyTorch's ``out �
     side="output":                 y = s ⊙ (A_out · W · x) + bias
     side="both"   (Double GSOFT):  y = s ⊙ (A_out · W · A_in · x) + bias
 
-``A = Pᵀ L P R`` (``structure="gs"``, ``P = P_(r, n)``, paper.md §3) is an orthogonal GS matrix
-owned by a :class:`sorth.GSOrthogonal`; ``s`` is a learnable per-output scale (``scale=True``).
-Merging gives ``W' = diag(s) · A_out · W · A_in``; see :mod:`sorth.tuner.layer`.
+``A = Pᵀ L P R`` (``structure="gs"``, ``P = P_(r, n)``, the paper's Section 6.1) is an orthogonal
+GS matrix owned by a :class:`sorth.GSOrthogonal`; ``s`` is a learnable per-output scale
+(``scale=True``). Merging gives ``W' = diag(s) · A_out · W · A_in``; see :mod:`sorth.tuner.layer`.
 
 Notation (paper → here): ``r`` → ``nblocks``, ``b`` → ``block_size``, ``n = r · b``.
 """
@@ -55,6 +55,69 @@ class SOrthConfig(PeftConfig):
     Every value is checked here, when the config is built, and every target module's size is
     checked before the model is touched (a block size that does not divide a layer's size, or
     ``b = 1``, which leaves no trainable rotation, raises naming the module).
+
+    Args:
+        target_modules (list[str] | str | None): the modules to adapt: a list of names (each an
+            exact or suffix match), a regex string, or ``"all-linear"`` (every Linear / Conv1D
+            except the output head). Default ``None``: PEFT's defaults for the architecture
+            (Llama: ``q_proj``, ``v_proj``).
+        exclude_modules (list[str] | str | None): names or a regex removed from
+            ``target_modules``. Default ``None``.
+        block_size (int | None): ``b``, the size of every orthogonal block (the paper's GLUE
+            runs: 8); must divide each targeted size ``n``. Default ``None``: see ``nblocks``.
+        nblocks (int | None): ``r``, blocks per factor, so ``b = n / r`` (the paper's Stable
+            Diffusion runs: 32). At most one of ``block_size`` / ``nblocks``; it applies to
+            every module and to both sides. Default ``None``: with neither, each side of each
+            layer gets the smallest divisor ``b`` of its size ``n`` with ``b ≥ √n``
+            (:func:`sorth.sizing.default_block_size`: 768 → 32, 10 → 5, a prime → one dense
+            block), the cheapest size whose two-factor GS matrix is dense (``b ≥ r``, Theorem
+            2); the config keeps ``None``, so a reload applies the same rule.
+        structure (str): the orthogonal matrix ``A``: ``"gs"`` (``Pᵀ L P R``, GSOFT),
+            ``"oft"`` (block-diagonal), ``"butterfly"`` (BOFT's block butterfly, ``n_factors``
+            factors) or ``"monarch"`` (``P L Pᵀ R``). Default ``"gs"``.
+        n_factors (int | None): factors of ``"gs"`` and ``"butterfly"``. Default ``None``: 2
+            for ``"gs"``; for ``"butterfly"`` ``1 + ⌈log2 r⌉``, the fewest that give a dense
+            matrix (capped where ``r`` is not a power of 2).
+        side (str): which side of ``W`` is rotated: ``"input"`` (GSOFT,
+            ``y = s ⊙ (W·A·x)``), ``"output"`` (``s ⊙ (A·W·x)``) or ``"both"`` (Double GSOFT,
+            ``s ⊙ (A_out·W·A_in·x)``). Default ``"input"``.
+        scale (bool): a learnable per-output scale ``s`` (initialised to ones), as in the
+            paper. Default ``True``.
+        orthogonal_map (str): the orthogonal map of each block: ``"cayley"`` (exact, a
+            batched solve), ``"expm"`` (matrix exponential) or ``"cayley_neumann"`` (the
+            truncated series, per block only while its certified error bound is ≤ 1e-2, the
+            exact solve beyond).
+            Default ``"cayley"``. (``method=``, its old name, still works with a
+            ``DeprecationWarning``.)
+        neumann_terms (int): terms ``t`` of the truncated series of ``"cayley_neumann"``.
+            Default ``5``.
+        storage (str): ``"skew"`` stores the ``b(b−1)/2`` free entries of each block's
+            skew-symmetric generator; ``"full"`` stores ``b×b`` as the paper's code counts (the
+            symmetric half gets no gradient). Default ``"skew"``.
+        module_dropout (float): in training only, each orthogonal block is replaced by the
+            identity with this probability; in ``[0, 1)``. Default ``0.0`` (off).
+        conv_side (str): what a Conv2d's input-side rotation acts on: ``"filter"`` (the
+            flattened ``C/groups·kh·kw`` filter, as OFT / BOFT) or ``"channels"`` (the input
+            channels; ``groups=1`` only). Default ``"filter"``.
+        bias (str): which biases train: ``"none"``, ``"all"``, or ``"sorth_only"`` (those of
+            adapted layers). Default ``"none"``.
+        init_weights (bool): ``True`` starts from the identity (``A = I``, ``s = 1``: the
+            adapted model equals the base); ``False`` gives a random non-identity adapter, for
+            tests. Default ``True``.
+        init_std (float): std of the random generators when ``init_weights=False``; positive.
+            Default ``0.1``.
+        fan_in_fan_out (bool): the weight is stored ``(in, out)``; true only for transformers'
+            ``Conv1D``, whose layout is read from the layer type (``True`` on any other layer
+            is an error). Default ``False``.
+        layers_to_transform (list[int] | int | None): adapt only these layer indices (as in
+            PEFT). Default ``None``: all.
+        layers_pattern (list[str] | str | None): name of the ``ModuleList`` holding the layers
+            (``"layers"``, ``"h"``), needed with ``layers_to_transform``. Default ``None``.
+        modules_to_save (list[str] | None): extra modules (e.g. a classifier head) trained
+            fully and saved with the adapter. Default ``None``.
+
+    ``task_type``, ``inference_mode`` and the other fields of :class:`peft.PeftConfig` work as
+    for every PEFT method.
 
     Example:
         >>> cfg = SOrthConfig(target_modules=["q_proj", "v_proj"], block_size=8)

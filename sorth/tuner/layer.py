@@ -35,6 +35,7 @@ imports it (never the reverse) and :mod:`sorth.tuner.model` owns the order of th
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ from sorth.parametrizations import GSOrthogonal
 from sorth.sizing import default_block_size
 from sorth.tuner.forward import ActivationForward
 from sorth.tuner.merge import WeightMerge
+from sorth.tuner.sharding import global_shape
 
 __all__ = ["Conv1D", "Conv2d", "Embedding", "Linear", "SOrthLayer", "dispatch_default"]
 
@@ -244,7 +246,8 @@ class Conv1D(Linear):
 
     @staticmethod
     def _feature_sizes(base: nn.Module) -> tuple[int, int]:
-        return base.weight.shape[0], base.weight.shape[1]
+        shape = global_shape(base.weight)  # (a ZeRO-3 partition is empty: its ds_shape)
+        return shape[0], shape[1]
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
         if bias is None:
@@ -280,9 +283,8 @@ class Conv2d(Linear):
             )
 
     def _input_rotation_size(self, config: Any) -> tuple[int, bool]:
-        W = self.get_base_layer().weight
-        if config.conv_side == "filter":
-            return W[0].numel(), True
+        if config.conv_side == "filter":  # C/groups·kh·kw (from the shape: W may be a shard)
+            return math.prod(global_shape(self.get_base_layer().weight)[1:]), True
         return self.in_features, False
 
     def _in_rows(self, W: torch.Tensor, on_weight: bool) -> torch.Tensor:

@@ -23,6 +23,7 @@ from peft.tuners.tuners_utils import check_adapters_to_merge
 
 from sorth.gs import GSMatrix
 from sorth.permutations import invert_permutation
+from sorth.tuner.sharding import check_unsharded
 
 __all__ = ["NAN_MESSAGE", "WeightMerge"]
 
@@ -117,6 +118,7 @@ class WeightMerge:
     def get_merged_weight(self, adapter_name: str) -> torch.Tensor:
         """``diag(s)·A_out·W·A_in`` for one adapter as a merge computes it, returned in float32
         (float64 for float64 bases)."""
+        check_unsharded(self.get_base_layer().weight, "compute the merged weight")
         W = self.get_base_weight()
         merged = self._apply_to_weight(
             W, adapter_name, inverse=False, precise=self._precise(adapter_name)
@@ -180,6 +182,7 @@ class WeightMerge:
         names = self._present(check_adapters_to_merge(self, adapter_names))
         if not names:
             return
+        check_unsharded(self.get_base_layer().weight, "merge the adapter")  # Note [sharded merge]
         W0 = self.get_base_weight()
         merged = self._merged(W0, names)
         if self.shares_weight and not self.merged_adapters:
@@ -236,6 +239,7 @@ class WeightMerge:
         if not self.merged_adapters:
             self._merge_snapshot = None
             return
+        check_unsharded(self.get_base_layer().weight, "unmerge the adapter")
         if self._shared_weight is not None:  # Note [tied weights]
             self.get_base_layer().weight = self._shared_weight
             self._shared_weight = None

@@ -44,6 +44,7 @@ from sorth.tuner.layer import Linear, SOrthLayer, dispatch_default
 from sorth.tuner.peft_type import PREFIX
 from sorth.tuner.quantization import SUPPORTED_QUANTIZED, unsupported_reason
 from sorth.tuner.rollback import begin_load, record_injection
+from sorth.tuner.sharding import sharding_of
 from sorth.tuner.weight_read import MultiheadOutProj, weight_read_class
 
 __all__ = ["SOrthModel", "dispatch_layer_class"]
@@ -126,6 +127,13 @@ class SOrthModel(BaseTuner):
                 "another PEFT method; sorth cannot stack on it."
             )
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+        weight = getattr(base, "weight", None)
+        if isinstance(weight, torch.Tensor) and sharding_of(weight) == "fsdp":
+            raise UnsupportedLayerError(
+                f"target module {key!r} is already sharded by FSDP2 (its weight is a DTensor): "
+                "add the adapter first (get_peft_model), then fully_shard, so that the adapter "
+                "is sharded and its gradients are averaged across ranks too."
+            )
         layer_cls = dispatch_layer_class(base)
         if layer_cls is None:
             quantized = unsupported_reason(base)

@@ -5,8 +5,8 @@ Builds the site as ``make docs`` does (assets from npm, ``mkdocs build --strict`
 ``chromium``, driven by tests/docs/_browser.py) with every host but 127.0.0.1 unresolvable, and
 fails on: a formula left as raw ``\\(``/``\\[`` text or a KaTeX error, a JavaScript exception or
 console error, a request that leaves the machine, a broken internal link, fragment or image, an
-API page that documents nothing, a search that finds nothing, and a Benchmarks page that does not
-show the README's numbers. Run it with ``pytest -m browser`` (CI: its own step of ``make test``).
+API page that documents nothing, a search that finds nothing, and a page whose tables lose
+figures when rendered. Run it with ``pytest -m browser`` (CI: its own step of ``make test``).
 """
 
 from __future__ import annotations
@@ -264,17 +264,28 @@ def test_search_finds_pages_offline(site, server, browser, mode: str) -> None:
     assert not re.search(r"\\[(\[]", load.dom["first"]), load.dom["first"][:200]
 
 
-def _readme_benchmark_cells() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("[start:benchmark]")[1].split("[end:benchmark]")[0]
-    cells = re.findall(r"\|([^|\n]+)", section)
-    cells = {re.sub(r"\*\*|`", "", c).strip() for c in cells}
-    return sorted(c for c in cells if re.search(r"\d\.\d|\d,\d{3}", c))
+def _table_figures(md: Path) -> list[str]:
+    """The numeric cells (``0.941 ± 0.002``, ``1,423,104``) of a page's Markdown tables, as text."""
+    text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+    cells = set()
+    for line in text.splitlines():
+        if not line.startswith("|") or re.fullmatch(r"\|[-:| ]+\|", line.strip()):
+            continue
+        for cell in re.split(r"(?<!\\)\|", line.strip().strip("|")):
+            cell = re.sub(r"\*\*|`", "", cell).replace("\\|", "|").strip()
+            if "\\(" not in cell and "](" not in cell and re.search(r"\d\.\d|\d,\d{3}", cell):
+                cells.add(cell)
+    return sorted(cells)
 
 
-def test_benchmarks_page_shows_the_readme_numbers(crawls) -> None:
-    cells = _readme_benchmark_cells()
-    assert len(cells) > 50
-    text = crawls["http"][_page(DOCS / "benchmarks.md", crawls["http"])].dom["article"]
-    missing = [c for c in cells if c not in text]
-    assert not missing, f"README benchmark numbers not on the Benchmarks page: {missing[:10]}"
+def test_benchmark_and_evidence_pages_have_tables() -> None:
+    assert len(_table_figures(DOCS / "benchmarks.md")) > 50
+    assert len(_table_figures(DOCS / "evidence.md")) > 50
+
+
+@pytest.mark.parametrize("md", MD_PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
+def test_every_table_figure_shows_on_the_rendered_page(crawls, md: Path) -> None:
+    """A table that renders broken (a stray pipe, a missing blank line) loses its figures."""
+    text = " ".join(crawls["http"][_page(md, crawls["http"])].dom["article"].split())
+    missing = [c for c in _table_figures(md) if " ".join(c.split()) not in text]
+    assert not missing, f"{md.name}: figures of its tables not on the rendered page: {missing[:10]}"

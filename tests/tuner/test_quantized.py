@@ -441,14 +441,13 @@ def test_sorth_merge_cli_on_quantized_bases(llama_dir: Path, tmp_path: Path) -> 
         merge_adapter(tmp_path / "q4", tmp_path / "adapter", tmp_path / "merged-q4")
 
 
-def test_readme_qgsoft_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quantized_guide_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import re
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = text[text.index("### Quantized base models (QGSOFT)") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    page = Path(__file__).resolve().parents[2] / "docs" / "guides" / "quantized.md"
+    code = re.search(r"```python\n(.*?)```", page.read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    scope: dict = {"__name__": "readme"}
-    exec(compile(code, "README.md", "exec"), scope)
+    scope: dict = {"__name__": "docs"}
+    exec(compile(code, str(page), "exec"), scope)
     layer = scope["merged"].model.layers[0].self_attn.q_proj
     assert type(layer).__name__ == "Linear4bit"
