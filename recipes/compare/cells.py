@@ -26,6 +26,7 @@ from recipes.finetune.train import run as run_finetune
 __all__ = [
     "cell_dir",
     "finished_cell",
+    "interrupted",
     "peak_rss_mb",
     "reset_peak_rss",
     "run_cell",
@@ -45,6 +46,14 @@ def finished_cell(done: Path, key: str) -> dict[str, Any] | None:
             "use another --output_dir or delete that cell"
         )
     return record
+
+
+def interrupted(folder: Path) -> bool:
+    """Whether a cell's run started (its recipe claimed ``folder/run``: ``run.json``) but the
+    cell never finished (no ``cell.json``, checked first by :func:`finished_cell`), e.g. the
+    process was killed: the rerun replaces that run (``overwrite_output_dir``) instead of
+    stopping at the recipe's refusal of a folder that already holds a run."""
+    return (folder / "run" / "run.json").is_file()
 
 
 def cell_dir(root: Path, method: str, budget: int, seed: int, lr: float) -> Path:
@@ -125,8 +134,8 @@ def run_cell(
     record = finished_cell(done, key)
     if record is not None:
         return record
-    if (folder / "run" / "run.json").is_file():  # interrupted before cell.json: run it again
-        cfg = replace(cfg, overwrite_output_dir=True)  # (the key above is the settings' own)
+    if interrupted(folder):  # run it again (the key above is the settings' own)
+        cfg = replace(cfg, overwrite_output_dir=True)
     exact_peak = reset_peak_rss()
     result = run_finetune(cfg)
     peak = peak_rss_mb()

@@ -28,10 +28,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 def run_lipschitz_cell(
     folder: Path, variant: str, seed: int, *, depth: int, channels: int, epochs: int, batch: int
 ) -> dict[str, Any]:
-    """Train and certify one LipConvNet (or load its finished ``cell.json``)."""
+    """Train and certify one LipConvNet (or load its finished ``cell.json``); a cell whose run
+    was interrupted is run again (:func:`~recipes.compare.cells.interrupted`)."""
     done = folder / "cell.json"
     key = json.dumps({"depth": depth, "channels": channels, "epochs": epochs, "batch": batch})
-    from recipes.compare.cells import finished_cell, peak_rss_mb, reset_peak_rss
+    from recipes.compare.cells import finished_cell, interrupted, peak_rss_mb, reset_peak_rss
 
     record = finished_cell(done, key)
     if record is not None:
@@ -45,7 +46,7 @@ def run_lipschitz_cell(
         LipConvNetConfig(
             output_dir=str(folder / "run"), dataset="digits", depth=depth,
             init_channels=channels, epochs=epochs, batch_size=batch, seed=seed,
-            progress=False, **fields,
+            progress=False, overwrite_output_dir=interrupted(folder), **fields,
         )
     )  # fmt: skip
     last = result["history"][-1]

@@ -188,3 +188,30 @@ def test_a_size_picked_for_two_budgets_runs_once():
     assert len(lines) == 1
     assert "peft_road" in lines[0]
     assert "600,000" in lines[0]
+
+
+def test_lipconvnet_cell_interrupted_mid_run_is_run_again(tmp_path, monkeypatch):
+    """A LipConvNet cell killed after its run claimed the folder (run.json, no cell.json) is
+    redone and the summary rebuilt; before, every rerun stopped at 'already holds a run'."""
+    import recipes.lipconvnet.train as lipconvnet
+    from recipes.compare.run import main
+
+    args = ["--output_dir", str(tmp_path / "out"), "--parts", "lipschitz", "--lip_variants", "soc",
+            "--seeds", "1", "--lip_channels", "4", "--lip_epochs", "1"]  # fmt: skip
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the state a SIGKILL in the first epoch leaves
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lipconvnet, "train_steps", killed)
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 130
+    cell = tmp_path / "out" / "lipschitz" / "soc" / "seed0"
+    assert (cell / "run" / "run.json").is_file()
+    assert not (cell / "cell.json").exists()
+    summary = main(args)
+    (row,) = summary["lipschitz"]
+    assert row["variant"] == "soc"
+    assert (cell / "cell.json").is_file()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["lipschitz"] == [row]
