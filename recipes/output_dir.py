@@ -15,15 +15,18 @@ another's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from recipes.common import RecipeError, option, save_json
+from sorth.integrations.io import process_alive
 
 __all__ = [
     "RUN_CONTROL",
@@ -83,7 +86,8 @@ def claim_output_dir(cfg: Any, outputs: Sequence[str], *, write: bool = True) ->
     if out.exists() and not out.is_dir():
         raise RecipeError(f"--output_dir '{cfg.output_dir}' is a file; pass a folder")
     run_id, options = run_fingerprint(cfg)
-    present = [n for n in (RUN_FILE, *outputs) if (out / n).exists()] if out.is_dir() else []
+    # lexists: a symlinked output counts even when its target is gone (Note [overwrite])
+    present = [n for n in (*outputs, RUN_FILE) if os.path.lexists(out / n)] if out.is_dir() else []
     resume = bool(getattr(cfg, "resume_from_checkpoint", ""))
     overwrite = bool(getattr(cfg, "overwrite_output_dir", False))
     if overwrite and getattr(cfg, "resume_from_checkpoint", "") == "latest":
@@ -113,11 +117,46 @@ def claim_output_dir(cfg: Any, outputs: Sequence[str], *, write: bool = True) ->
         )
     if write:
         if overwrite:
-            for name in present:
-                path = out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            _remove_outputs(out, present)
         save_json({"run": run_id, "options": options}, out / RUN_FILE)
     return out, run_id
+
+
+_TRASH = ".overwritten-"
+
+
+def _remove_outputs(out: Path, names: Sequence[str]) -> None:
+    """Remove the old run's outputs ``names`` from ``out`` (``--overwrite_output_dir``).
+
+    Note [overwrite]: the outputs are first *moved* into ``out/.overwritten-<pid>`` (``run.json``
+    last), each with one rename, which moves a symlink itself (an output kept on another disk
+    through a link is unlinked, never followed into its target). If any move fails, the ones
+    already moved are put back and a one-line :class:`RecipeError` names the path: nothing is
+    deleted before every output is out of the way. Only then is that folder removed (rmtree does
+    not follow the links inside it); one left by a killed run is removed the next time.
+    """
+    for stale in out.glob(_TRASH + "*"):
+        pid = stale.name.removeprefix(_TRASH)
+        if not (pid.isdigit() and process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)
+    trash = out / f"{_TRASH}{os.getpid()}"
+    moved: list[str] = []
+    try:
+        trash.mkdir(exist_ok=True)
+        for name in names:
+            os.replace(out / name, trash / name)
+            moved.append(name)
+    except OSError as err:
+        for name in reversed(moved):
+            os.replace(trash / name, out / name)
+        with contextlib.suppress(OSError):
+            trash.rmdir()
+        failed = out / names[len(moved)] if len(moved) < len(names) else trash
+        raise RecipeError(
+            f"--overwrite_output_dir: cannot move the old run's '{failed}' out of the way "
+            f"({err.strerror or err}); nothing was deleted"
+        ) from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def commit_output_dir(cfg: Any, outputs: Sequence[str], accelerator: Any) -> Path:

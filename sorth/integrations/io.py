@@ -27,14 +27,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_file", "clean_stale", "save_pretrained_atomic"]
+__all__ = [
+    "atomic_dir",
+    "atomic_file",
+    "clean_stale",
+    "process_alive",
+    "save_pretrained_atomic",
+]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _LEGACY_AGE = 3600.0  # seconds: temp names without a pid (older sorth) count as stale after this
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (one of another user counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +73,7 @@ def clean_stale(final: str | os.PathLike) -> list[Path]:
             with contextlib.suppress(OSError):
                 if time.time() - path.lstat().st_mtime < _LEGACY_AGE:
                     continue
-        elif pid == os.getpid() or _alive(pid):
+        elif pid == os.getpid() or process_alive(pid):
             continue
         if m[1] == "old" and not final.exists() and path.is_dir():
             os.replace(path, final)  # roll the interrupted swap back

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -228,3 +229,50 @@ def test_block_size_with_nblocks_is_refused(
     _refused(capsys, dreambooth.main, db, "--block_size=8 and --nblocks=4 are exclusive")
     assert not (tmp_path / "ft").exists()
     assert not (tmp_path / "db").exists()
+
+
+_LIP = ["--dataset", "digits", "--depth", "5", "--init_channels", "4", "--groups", "2",
+        "--batch_size", "32", "--train_samples", "64", "--test_samples", "32", "--epochs", "1",
+        "--no-progress"]  # fmt: skip
+
+
+def test_overwrite_unlinks_symlinked_outputs_and_never_follows_them(tmp_path):
+    """Regression: with checkpoints/ a link to another disk, --overwrite_output_dir deleted
+    run.json, the model and the metrics, then raised 'Cannot call rmtree on a symbolic link'
+    (a traceback), and so did every rerun."""
+    out, disk = tmp_path / "run", tmp_path / "other-disk"
+    args = [*_LIP, "--output_dir", str(out)]
+    lipconvnet(args)
+    disk.mkdir()
+    shutil.move(out / "checkpoints", disk / "checkpoints")
+    (out / "checkpoints").symlink_to(disk / "checkpoints")
+    shutil.move(out / "metrics.json", disk / "metrics.json")
+    (out / "metrics.json").symlink_to(disk / "metrics.json")
+    (out / "curves.png").unlink()
+    (out / "curves.png").symlink_to(disk / "gone.png")  # a dangling link
+    kept = _snapshot(disk)
+    for _ in range(2):  # every rerun works
+        lipconvnet([*args, "--overwrite_output_dir"])
+        assert _snapshot(disk) == kept  # the links' targets are untouched
+        assert not any(p.is_symlink() for p in out.iterdir())
+        assert (out / "model.safetensors").is_file()
+        assert not list(out.glob(".overwritten-*"))
+
+
+def test_overwrite_that_cannot_move_an_output_deletes_nothing(capsys, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = [*_LIP, "--output_dir", str(out)]
+    lipconvnet(args)
+    before = _snapshot(out)
+    real = os.replace
+
+    def refuse(src, dst):
+        if Path(src).name == "model.safetensors":
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    _refused(capsys, lipconvnet, [*args, "--overwrite_output_dir"], "model.safetensors",
+             "nothing was deleted")  # fmt: skip
+    assert _snapshot(out) == before
+    assert not list(out.glob(".overwritten-*"))
