@@ -1,7 +1,7 @@
-"""Two notices of the pinned libraries that concern no feature a recipe uses, filtered by name.
+"""Notices of the pinned libraries that concern no feature a recipe uses, filtered by name.
 
 Note [known notices]: with the versions in ``constraints.txt`` every recipe that builds a PEFT
-model printed two lines that are not about anything it does:
+model printed lines that are not about anything it does:
 
 * ``Failed to load CPU gemm_4bit_forward from kernels-community: ...`` — bitsandbytes 0.50.2
   logs it through its logger ``bitsandbytes.backends.cpu.ops`` when it is imported on a CPU with
@@ -12,8 +12,14 @@ model printed two lines that are not about anything it does:
 * ``FutureWarning: `is_gradient_checkpointing` is deprecated ...`` — PEFT 0.21.2's
   ``PeftModel.__init__`` reads that property of every transformers model, and transformers 5.23
   deprecated it. No argument avoids it: the read is PEFT's own.
+* ``[WARNING] [real_accelerator.py:…] Setting accelerator to CPU. If you have GPU …`` —
+  DeepSpeed 0.19.8 logs it through its logger ``DeepSpeed`` when it is imported and detects its
+  accelerator by itself on a machine without a GPU. With DeepSpeed installed (the
+  ``distributed`` extra) transformers' ``save_pretrained`` imports it, through accelerate's
+  ``extract_model_from_parallel``, so every recipe that saves printed it. A DeepSpeed run on a
+  CPU sets ``DS_ACCELERATOR=cpu``, and then DeepSpeed does not log it.
 
-:func:`quiet_known_notices` drops exactly these two messages (a logging filter on that one
+:func:`quiet_known_notices` drops exactly these messages (a logging filter on each one
 logger, matching the message's start; a warnings filter on that one message and category) and
 undoes both on exit: every other warning still shows. Drop an entry here once the pins move past
 the versions that print it.
@@ -34,6 +40,7 @@ KNOWN_LOG_NOTICES: tuple[tuple[str, str], ...] = (
         "bitsandbytes.backends.cpu.ops",
         "Failed to load CPU gemm_4bit_forward from kernels-community",
     ),
+    ("DeepSpeed", "Setting accelerator to CPU"),
 )
 # (warning category, regex matching the start of the message) of each known warning
 KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (

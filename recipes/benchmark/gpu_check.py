@@ -215,7 +215,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         prog="python -m recipes.benchmark.gpu_check", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json / .md")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (CUDA when available)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes (the CPU dry run)")
     p.add_argument("--sections", default="abcd", help="a subset of abcd")
     p.add_argument("--deadline", type=float, default=DEADLINE, help="seconds for the whole run")

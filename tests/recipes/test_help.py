@@ -18,6 +18,7 @@ RECIPES = [
     "recipes.lipconvnet.train",  # regression: a '%' in a help string crashed --help
     "recipes.demo",
     "recipes.benchmark",
+    "recipes.benchmark.gpu_check",
     "recipes.compare",
 ]
 COMMANDS = [[], ["inspect"], ["merge"], ["plot"], ["demo"]]
