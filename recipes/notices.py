@@ -1,4 +1,4 @@
-"""Notices of the pinned libraries that concern no feature a recipe uses, filtered by name.
+"""Three notices of the pinned libraries that concern no feature a recipe uses, filtered by name.
 
 Note [known notices]: with the versions in ``constraints.txt`` every recipe that builds a PEFT
 model printed lines that are not about anything it does:
@@ -12,12 +12,12 @@ model printed lines that are not about anything it does:
 * ``FutureWarning: `is_gradient_checkpointing` is deprecated ...`` — PEFT 0.21.2's
   ``PeftModel.__init__`` reads that property of every transformers model, and transformers 5.23
   deprecated it. No argument avoids it: the read is PEFT's own.
-* ``[WARNING] [real_accelerator.py:…] Setting accelerator to CPU. If you have GPU …`` —
-  DeepSpeed 0.19.8 logs it through its logger ``DeepSpeed`` when it is imported and detects its
-  accelerator by itself on a machine without a GPU. With DeepSpeed installed (the
-  ``distributed`` extra) transformers' ``save_pretrained`` imports it, through accelerate's
-  ``extract_model_from_parallel``, so every recipe that saves printed it. A DeepSpeed run on a
-  CPU sets ``DS_ACCELERATOR=cpu``, and then DeepSpeed does not log it.
+
+* ``Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to
+  detect it.`` — DeepSpeed 0.19.8 (the ``distributed`` extra) logs it through its logger
+  ``DeepSpeed`` when it is imported on a machine without an accelerator, and accelerate 1.15's
+  ``unwrap_model`` imports DeepSpeed whenever it is installed, so every run that saved an
+  adapter printed it, ``--deepspeed`` or not. On CPU DeepSpeed's choice is the right one.
 
 :func:`quiet_known_notices` drops exactly these messages (a logging filter on each one
 logger, matching the message's start; a warnings filter on that one message and category) and
@@ -40,7 +40,7 @@ KNOWN_LOG_NOTICES: tuple[tuple[str, str], ...] = (
         "bitsandbytes.backends.cpu.ops",
         "Failed to load CPU gemm_4bit_forward from kernels-community",
     ),
-    ("DeepSpeed", "Setting accelerator to CPU"),
+    ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator"),
 )
 # (warning category, regex matching the start of the message) of each known warning
 KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (

@@ -216,10 +216,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json / .md")
     p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (CUDA when available)",
-    )
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda (the real check) or cpu (the dry run); default: cuda when available",
+    )  # fmt: skip
     p.add_argument("--quick", action="store_true", help="tiny sizes (the CPU dry run)")
     p.add_argument("--sections", default="abcd", help="a subset of abcd")
     p.add_argument("--deadline", type=float, default=DEADLINE, help="seconds for the whole run")

@@ -30,12 +30,11 @@ with ``torchrun --nproc_per_node N`` (gloo on CPU, NCCL on CUDA)::
 * :func:`fsdp1_auto_wrap_policy` — for the older ``FullyShardedDataParallel`` (FSDP1).
 * :func:`reset_sorth_buffers` — after deferred (meta-device) initialisation.
 
-Note [gloo average]: FSDP2 averages gradients with ``ReduceOp.AVG``. PyTorch issue 162338
-(github.com/pytorch/pytorch/issues/162338) reported that gloo summed instead (gradients ``N``
-times too large); on torch 2.13 gloo averages (measured: 2-process gradients equal 1-process
-ones, tests/integrations). On gloo, :func:`fully_shard_peft` still asks FSDP2 for a sum followed
-by an explicit division by ``N`` (``set_force_sum_reduction_for_comms``), which is correct
-whatever gloo does with ``AVG``.
+Note [gloo average]: FSDP2 averages gradients with ``ReduceOp.AVG``. pytorch/pytorch#162338
+reported that gloo summed instead (gradients ``N`` times too large); on torch 2.13 gloo
+averages (measured: 2-process gradients equal 1-process ones, tests/integrations). On gloo,
+:func:`fully_shard_peft` still asks FSDP2 for a sum followed by an explicit division by ``N``
+(``set_force_sum_reduction_for_comms``), which is correct whatever gloo does with ``AVG``.
 
 Merging needs the whole weight: inside a sharded run sorth refuses it in one line (Note
 [sharded merge] in :mod:`sorth.tuner.sharding`); merge the saved adapter on one process

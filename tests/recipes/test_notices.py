@@ -24,7 +24,7 @@ BNB_LOGGER, BNB_MESSAGE = KNOWN_LOG_NOTICES[0]
 WARNING_LINE = re.compile(r"Warning\b|\bWARNING\b|Failed to load", re.IGNORECASE)
 
 
-def test_the_two_notices_are_dropped_and_nothing_else(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_known_notices_are_dropped_and_nothing_else(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger(BNB_LOGGER)
     with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
