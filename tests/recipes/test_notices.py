@@ -1,5 +1,5 @@
 """The recipes print no library warning for features they do not use (Note [known notices] in
-recipes/notices.py): the two known notices are dropped by name, every other warning shows."""
+recipes/notices.py): the known notices are dropped by name, every other warning shows."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ BNB_LOGGER, BNB_MESSAGE = KNOWN_LOG_NOTICES[0]
 WARNING_LINE = re.compile(r"Warning\b|\bWARNING\b|Failed to load", re.IGNORECASE)
 
 
-def test_the_two_notices_are_dropped_and_nothing_else(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_known_notices_are_dropped_and_nothing_else(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger(BNB_LOGGER)
     with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
@@ -33,9 +33,15 @@ def test_the_two_notices_are_dropped_and_nothing_else(caplog: pytest.LogCaptureF
             logger.warning("another bitsandbytes warning")
             warnings.warn("`is_gradient_checkpointing` is deprecated ...", FutureWarning, 1)
             warnings.warn("another FutureWarning", FutureWarning, 1)
+            deepspeed = logging.getLogger("DeepSpeed")
+            deepspeed.warning(
+                "Setting accelerator to CPU. If you have GPU or other accelerator ..."
+            )
+            deepspeed.warning("another DeepSpeed warning")
         logger.warning(BNB_MESSAGE + ": after the block")  # the filter is gone again
     assert [r.getMessage() for r in caplog.records] == [
         "another bitsandbytes warning",
+        "another DeepSpeed warning",
         BNB_MESSAGE + ": after the block",
     ]
     assert [str(w.message) for w in seen] == ["another FutureWarning"]
