@@ -86,14 +86,28 @@ def clean_stale(final: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _through_links(final: str | os.PathLike) -> Path:
+    """``final``, or the path a symlink ``final`` points to (through every link in the chain).
+
+    Note [atomic through a link]: ``os.replace`` renames a link itself. Swapping a new folder in
+    at a link's path left the target stale, a real folder where the link was, and the link
+    renamed to ``.<name>.old-<pid>`` (``rmtree`` refuses links); so the swap happens at the
+    target, next to it (same filesystem), and the link keeps pointing at the new version.
+    """
+    final = Path(final)
+    return Path(os.path.realpath(final)) if final.is_symlink() else final
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``final``; on success it replaces ``final`` at once.
 
     On any exception the temporary folder is removed and ``final`` is left untouched. Stale
-    temporary siblings of earlier, killed writes are cleaned first (:func:`clean_stale`).
+    temporary siblings of earlier, killed writes are cleaned first (:func:`clean_stale`). A
+    symlink ``final`` stays a link: the folder it points to is replaced (Note [atomic through a
+    link]).
     """
-    final = Path(final)
+    final = _through_links(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
@@ -112,8 +126,9 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path next to ``final``; on success ``os.replace`` it into place."""
-    final = Path(final)
+    """Yield a temporary file path next to ``final``; on success ``os.replace`` it into place
+    (a symlink ``final``: the file it points to, Note [atomic through a link])."""
+    final = _through_links(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final)
     fd, name = tempfile.mkstemp(

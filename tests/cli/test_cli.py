@@ -307,6 +307,28 @@ def test_merge_overwrite_never_deletes_its_inputs(
     assert _tree(project) == before
 
 
+def test_merge_out_link_with_overwrite_replaces_the_target(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, llama_dir: Path, adapter_dir: Path
+) -> None:
+    """Regression: --out LINK --overwrite (LINK -> a folder) renamed the link itself: the merged
+    model landed next to it as a real folder, the target stayed stale and a `.LINK.old-<pid>`
+    link was left behind."""
+    target, link = tmp_path / "disk" / "merged", tmp_path / "LINK"
+    target.mkdir(parents=True)
+    (target / "stale.txt").write_text("old")
+    link.symlink_to(target)
+    for _ in range(2):
+        code, _, err = run(capsys, "merge", "--base", llama_dir, "--adapter", adapter_dir,
+                           "--out", link, "--overwrite")  # fmt: skip
+        assert code == 0, err
+        assert link.is_symlink()
+        assert (target / "model.safetensors").is_file()
+        assert not (target / "stale.txt").exists()
+        leftovers = [p.name for d in (tmp_path, target.parent) for p in d.iterdir()
+                     if p.name.startswith(".")]  # fmt: skip
+        assert leftovers == []
+
+
 def test_merge_out_file_with_overwrite_is_refused_first(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, llama_dir: Path, adapter_dir: Path,
     monkeypatch,

@@ -98,3 +98,29 @@ def test_clean_stale_keeps_live_writers_and_rolls_back_an_interrupted_swap(tmp_p
     with atomic_dir(final) as tmp:
         (tmp / "x").write_text("new")
     assert (final / "x").read_text() == "new"
+
+
+def test_atomic_writes_through_a_symlink_replace_its_target(tmp_path: Path) -> None:
+    """Regression: the swap renamed a symlinked folder (or file) itself, leaving the target
+    stale, a real folder where the link was and a `.<name>.old-<pid>` link behind."""
+    from sorth.integrations.io import atomic_file
+
+    disk = tmp_path / "disk"
+    (disk / "adapter").mkdir(parents=True)
+    (disk / "adapter" / "stale.txt").write_text("old")
+    (tmp_path / "adapter").symlink_to(disk / "adapter")
+    model = _model(0)
+    save_pretrained_atomic(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter").is_symlink()
+    assert sorted(p.name for p in (disk / "adapter").iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    (disk / "notes.txt").write_text("old")
+    (tmp_path / "notes.txt").symlink_to(disk / "notes.txt")
+    with atomic_file(tmp_path / "notes.txt") as tmp:
+        tmp.write_text("new")
+    assert (tmp_path / "notes.txt").is_symlink()
+    assert (disk / "notes.txt").read_text() == "new"
+    assert [p.name for d in (tmp_path, disk) for p in d.iterdir() if p.name.startswith(".")] == []
