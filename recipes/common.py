@@ -109,7 +109,7 @@ def parse_config(
 
     ``prog`` is how ``--help`` says the recipe is run (default: ``python -m`` the module that
     defines ``cls``). Out-of-range numbers and unknown choices end the program with one line on
-    stderr.
+    stderr. A value starting with ``~`` is expanded as the shell would (``--output_dir=~/run``).
     """
     parser = _OneLineParser(
         prog=prog or _prog(cls),
@@ -128,6 +128,10 @@ def parse_config(
         parser.add_argument(f"--{f.name}", **kwargs)
     ns = vars(parser.parse_args(argv))
     for f in dataclasses.fields(cls):
+        # `--output_dir=~/run` (the `=` form) leaves `~` to the program, where the shell expands
+        # `--output_dir ~/run`: expanded here once, so every later use sees the same path
+        if isinstance(ns[f.name], str) and ns[f.name].startswith("~"):
+            ns[f.name] = os.path.expanduser(ns[f.name])
         _check_range(parser, f, ns[f.name])
         if isinstance(ns[f.name], list):
             ns[f.name] = tuple(ns[f.name])

@@ -112,7 +112,7 @@ def save_checkpoint(
     import torch
     from safetensors.torch import save_file
 
-    root = Path(output_dir) / "checkpoints"
+    root = Path(output_dir).expanduser() / "checkpoints"
     final = root / f"checkpoint-{step}"
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
@@ -148,7 +148,7 @@ def find_checkpoint(
     if not spec:
         return None
     if spec == "latest":
-        found = _checkpoints(Path(output_dir) / "checkpoints")
+        found = _checkpoints(Path(output_dir).expanduser() / "checkpoints")
         if not found:
             return None
         p = found[-1]

@@ -198,7 +198,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     if not cfg.lrs or not cfg.budgets or any(b < 1 for b in cfg.budgets):
         raise RecipeError("--lrs and --budgets need at least one positive value each")
     _pinned(cfg)  # a malformed --sizes fails here, before anything is written
-    start, out = time.perf_counter(), Path(cfg.output_dir)
+    start, out = time.perf_counter(), Path(cfg.output_dir).expanduser()
     if "spam" in cfg.parts and not cfg.report_only:
         _run_spam(cfg, out)
     if "lipschitz" in cfg.parts and not cfg.report_only:

@@ -176,7 +176,7 @@ def _report(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the demo and print what it did."""
     cfg = parse_config(DemoConfig, argv, __doc__.split("\n\n")[0], prog="python -m recipes.demo")
-    start, out = time.perf_counter(), Path(cfg.output_dir)
+    start, out = time.perf_counter(), Path(cfg.output_dir).expanduser()
     spam = _spam(cfg, out)
     merge_diff = None
     if "gsoft" in spam:

@@ -225,7 +225,7 @@ def _write(
     real: list[Any],
     side: int,
 ) -> None:
-    out = Path(cfg.output_dir)
+    out = Path(cfg.output_dir).expanduser()
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer, fieldnames=list(rows[-1]) + [k for k in rows[0] if k not in rows[-1]]

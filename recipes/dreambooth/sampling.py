@@ -107,7 +107,7 @@ def _validate(
     rows = [
         _generate(pipe, p, cfg.num_validation_images, cfg, cfg.seed) for p in cfg.validation_prompts
     ]
-    path = Path(cfg.output_dir) / "validation" / f"step-{step}.png"
+    path = Path(cfg.output_dir).expanduser() / "validation" / f"step-{step}.png"
     with atomic_file(path) as tmp:
         image_grid(rows).save(tmp, format="PNG")
     return path

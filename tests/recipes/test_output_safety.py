@@ -276,3 +276,25 @@ def test_overwrite_that_cannot_move_an_output_deletes_nothing(capsys, tmp_path, 
              "nothing was deleted")  # fmt: skip
     assert _snapshot(out) == before
     assert not list(out.glob(".overwritten-*"))
+
+
+def test_tilde_output_dir_is_expanded_everywhere(tmp_path, monkeypatch):
+    """Regression: `--output_dir=~/run` (the `=` form: no shell expansion) wrote the run under
+    $HOME, but `--resume_from_checkpoint latest` looked in the literal './~/run', found nothing
+    and silently started from step 0."""
+    from recipes.training import find_checkpoint
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    args = [*_LIP, "--output_dir=~/run"]
+    lipconvnet(args)
+    out = tmp_path / "home" / "run"
+    (latest,) = sorted((out / "checkpoints").glob("checkpoint-*"))[-1:]
+    assert find_checkpoint("~/run", "latest") == latest  # (the Python API expands too)
+    state = json.loads((latest / "state.json").read_text())
+    state["history"][0]["marker"] = "from the checkpoint"
+    (latest / "state.json").write_text(json.dumps(state))
+    resumed = lipconvnet([*args, "--epochs", "2", "--resume_from_checkpoint", "latest"])
+    assert resumed["history"][0].get("marker") == "from the checkpoint"
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert not (tmp_path / "~").exists()
