@@ -156,10 +156,31 @@ def find_checkpoint(
         p = Path(spec).expanduser()
         if not p.is_dir():
             raise RecipeError(f"--resume_from_checkpoint '{spec}' is not a checkpoint folder")
+        _refuse_a_folder_of_checkpoints(spec, p)
     state = _read_or_fail(p)[0]
     if run_id is not None and state.get("run", run_id) != run_id:
         raise _damaged(p, "it was written by another run (other options, see run.json)")
     return p
+
+
+def _refuse_a_folder_of_checkpoints(spec: str, p: Path) -> None:
+    """``--resume_from_checkpoint OUT/checkpoints`` (or ``OUT``): the folder that *holds* the
+    checkpoints, an easy slip. The damaged-checkpoint message would advise deleting it, which
+    would delete every checkpoint; name the right argument instead."""
+    if (p / "state.json").exists():
+        return
+    found = _checkpoints(p) or _checkpoints(p / "checkpoints")
+    if found:
+        raise RecipeError(
+            f"--resume_from_checkpoint '{spec}' holds {len(found)} checkpoint(s), it is not one: "
+            f"pass --resume_from_checkpoint latest (with this --output_dir) or the newest, "
+            f"{found[-1]}"
+        )
+    if not (p.name.startswith("checkpoint-") and p.name[11:].isdigit()):  # not a checkpoint
+        raise RecipeError(
+            f"--resume_from_checkpoint '{spec}' is not a checkpoint folder (no state.json): pass "
+            "--resume_from_checkpoint latest or an OUTPUT_DIR/checkpoints/checkpoint-N folder"
+        )
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, *, run_id: str) -> dict[str, Any]:

@@ -298,3 +298,22 @@ def test_tilde_output_dir_is_expanded_everywhere(tmp_path, monkeypatch):
     assert resumed["history"][0].get("marker") == "from the checkpoint"
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert not (tmp_path / "~").exists()
+
+
+def test_resume_from_the_folder_of_checkpoints_names_the_right_argument(capsys, tmp_path):
+    """Regression: `--resume_from_checkpoint OUT/checkpoints` said 'delete it' (every
+    checkpoint); now it suggests 'latest' and the newest checkpoint-N, and never deleting."""
+    out = tmp_path / "run"
+    args = [*_LIP, "--output_dir", str(out)]
+    lipconvnet(args)
+    before = _snapshot(out)
+    newest = sorted((out / "checkpoints").glob("checkpoint-*"))[-1]
+    for spec in (out / "checkpoints", out):
+        resume = [*args, "--epochs", "2", "--resume_from_checkpoint", str(spec)]
+        err = _refused(capsys, lipconvnet, resume, "latest", str(newest))
+        assert "delete" not in err
+    (tmp_path / "empty").mkdir()
+    resume = [*args, "--epochs", "2", "--resume_from_checkpoint", str(tmp_path / "empty")]
+    err = _refused(capsys, lipconvnet, resume, "not a checkpoint folder", "latest")
+    assert "delete" not in err
+    assert _snapshot(out) == before
