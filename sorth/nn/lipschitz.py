@@ -63,6 +63,7 @@ from sorth.nn.lipconvnet import LipConvNet, Normalize, SpaceToDepth
 from sorth.nn.shuffle import ChannelShuffle
 from sorth.nn.soc import SOC2d, transpose_kernel
 from sorth.nn.spectra import conv_norm_bound
+from sorth.nn.transformer import LipschitzTransformer
 
 __all__ = [
     "layer_lipschitz_bounds",
@@ -279,11 +280,24 @@ def lipschitz_bound(model: nn.Module, input_shape: Sequence[int]) -> float:
     Never below the true constant (up to the forward pass's own float rounding; see the
     module doc); use it for certificates. For a LipConvNet it is ``1/min(std)·(1 + ~1e-9)``.
 
+    A :class:`~sorth.nn.LipschitzTransformer` is bounded by its own certificate: ``input_shape``
+    is ``(T, d)`` of its ``inputs_embeds`` and the value is
+    ``model.lipschitz_bound(seq_len=T).value`` (valid in the ℓ2 norm of the sequence and in the
+    max-over-tokens norm).
+
     Example:
         >>> net = LipConvNet(depth=5, init_channels=8, num_classes=10)
         >>> lipschitz_bound(net, (3, 32, 32))  # doctest: +SKIP
         1.000000002...
     """
+    if _plain(model, LipschitzTransformer):
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 2 or shape[1] != model.dim:
+            raise SOrthValueError(
+                f"input_shape={shape} must be (T, {model.dim}) for a LipschitzTransformer (the "
+                "inputs_embeds of one sequence)."
+            )
+        return model.lipschitz_bound(seq_len=shape[0]).value
     out = 1.0
     for _, value in layer_lipschitz_bounds(model, input_shape):
         out *= value

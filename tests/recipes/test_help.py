@@ -16,6 +16,8 @@ RECIPES = [
     "recipes.dreambooth.train",
     "recipes.dreambooth.evaluate",
     "recipes.lipconvnet.train",  # regression: a '%' in a help string crashed --help
+    "recipes.lipschitz_lm.train",
+    "recipes.lipschitz_lm.report",
     "recipes.demo",
     "recipes.benchmark",
     "recipes.benchmark.gpu_check",

@@ -1,0 +1,1 @@
+"""Character-level language modelling with a certified-Lipschitz transformer."""
