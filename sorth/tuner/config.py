@@ -109,6 +109,12 @@ class SOrthConfig(PeftConfig):
         fan_in_fan_out (bool): the weight is stored ``(in, out)``; true only for transformers'
             ``Conv1D``, whose layout is read from the layer type (``True`` on any other layer
             is an error). Default ``False``.
+        exact_unmerge (bool | None): ``True`` keeps the weight each merge replaces, so that
+            unmerge restores it bit for bit (while merged, the adapted weights are held twice);
+            ``False`` unmerges by the exact inverse of the merge (``A⁻¹``, ``1/s``), within an
+            ulp for Linear / Conv1D / Embedding, no extra memory. Default ``None``: ``False``,
+            except on layers whose forward builds the adapted weight in float32 (Conv2d), where
+            an inverse cannot give back the forward's numbers and the weight is kept.
         layers_to_transform (list[int] | int | None): adapt only these layer indices (as in
             PEFT). Default ``None``: all.
         layers_pattern (list[str] | str | None): name of the ``ModuleList`` holding the layers
@@ -221,12 +227,13 @@ class SOrthConfig(PeftConfig):
             "layout is read from the layer type; True on any other layer is an error."
         },
     )
-    exact_unmerge: bool = field(
-        default=False,
+    exact_unmerge: bool | None = field(
+        default=None,
         metadata={
-            "help": "Keep each weight a merge replaces, so that unmerge restores it bit for bit "
-            "(while merged, the adapted weights are held twice). False: unmerge inverts the "
-            "merge (Aᵀ, 1/s), a few ulps off in float32 (Note [exact unmerge])."
+            "help": "True: keep each weight a merge replaces, so that unmerge restores it bit "
+            "for bit (while merged, the adapted weights are held twice). False: unmerge "
+            "inverts the merge (A⁻¹, 1/s) within an ulp, no extra memory. None: False, except "
+            "on Conv2d, whose forward builds the adapted weight (Note [exact unmerge])."
         },
     )
     layers_to_transform: list[int] | int | None = field(

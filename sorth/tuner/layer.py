@@ -121,7 +121,7 @@ class SOrthLayer(ActivationForward, WeightMerge, BaseTunerLayer):
         self.merged_adapters = []
         # with exact_unmerge: (base weight before the first merge, adapter names of each merge
         # call since); Note [exact unmerge]
-        self.exact_unmerge = False
+        self.exact_unmerge: bool | None = None
         self._merge_snapshot: tuple[torch.Tensor, list[list[str]]] | None = None
         # the base weight is tied to another module's (set by the tuner; Note [tied weights])
         self.shares_weight = False
@@ -171,7 +171,8 @@ class SOrthLayer(ActivationForward, WeightMerge, BaseTunerLayer):
         if config.scale:
             self.sorth_s[adapter_name] = nn.Parameter(torch.ones(self.out_features))
         self.sorth_on_weight[adapter_name] = on_weight
-        self.exact_unmerge = self.exact_unmerge or config.exact_unmerge
+        if config.exact_unmerge is not None and self.exact_unmerge is not True:
+            self.exact_unmerge = config.exact_unmerge  # an explicit True wins over False
         if not config.init_weights:
             self._random_init(adapter_name, config.init_std)
         self._move_adapter_to_device_of_base_layer(adapter_name)

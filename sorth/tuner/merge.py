@@ -10,8 +10,8 @@ order they are applied (``W_0 = W``)::
 with the adapters' float32 matrices (float64 for a float64 base), the products in float64, and
 ``A⁻¹`` the exact inverse of those matrices by block solves (not ``Aᵀ``: a float32 block is
 orthogonal only to ~``b·eps``). Merging several adapters applies the recursion in order;
-unmerging inverts it, last merged first, or (``exact_unmerge=True``) restores the weight the
-first merge replaced (Note [exact unmerge] on :meth:`WeightMerge.merge`). Conv2d's forward
+unmerging inverts it, last merged first, or (``exact_unmerge=True``, and by default on Conv2d)
+restores the weight the first merge replaced (Note [exact unmerge] on :meth:`WeightMerge.merge`). Conv2d's forward
 builds ``W_k`` with the same arithmetic in float32 (:meth:`WeightMerge._apply_to_weight`), and
 its merge is that float32 arithmetic, so its merged layer gives the same numbers.
 """
@@ -156,6 +156,7 @@ class WeightMerge:
         wanted = self.active_adapters if adapter_names is None else adapter_names
         names = self._present([a for a in wanted if a not in self.merged_adapters])
         if names:
+            check_unsharded(self.get_base_layer().weight, "merge the adapter")
             self._merged(self.get_base_weight(), names)
 
     @torch.no_grad()
@@ -168,11 +169,14 @@ class WeightMerge:
         since the base weight could not be restored from it.
 
         Note [exact unmerge]: by default nothing is kept: :meth:`unmerge` inverts the merges
-        (``Aᵀ``, ``1/s``; block solves for the Neumann series), so a merged model holds each
+        (``A⁻¹`` by block solves, ``1/s``), so a merged model holds each
         weight once, as PEFT's methods do. The inverse is exact up to rounding: one
         merge/unmerge cycle moves a float32 weight by a few ulps, a bfloat16 one by at most one
         ulp on some entries, and repeated cycles drift like a random walk (measured in the
-        docs' PEFT adapter page). With ``SOrthConfig(exact_unmerge=True)`` the base weight
+        docs' PEFT adapter page). With ``SOrthConfig(exact_unmerge=True)`` — and by default
+        (``None``) on a layer whose forward builds the adapted weight in float32 (Conv2d), since
+        there an inverse moves the weight by a few ulps per cycle and the forward's numbers
+        after an unmerge are no longer bit for bit those before the merge — the base weight
         tensor replaced by the first merge is kept (not copied: the layer just does not free
         it, so the adapted weights are held twice while merged), and :meth:`unmerge` puts the
         original bits back when the current weight is still bit for bit what the merges wrote
@@ -190,7 +194,10 @@ class WeightMerge:
         else:
             self.set_base_weight(merged)
         rebuilt = getattr(self, "quantization_backend", None) is not None  # (no snapshot)
-        keep = self.exact_unmerge and self._shared_weight is None and not rebuilt
+        exact = self.exact_unmerge
+        if exact is None:  # a float32 merge (the forward's arithmetic) is not inverted exactly
+            exact = not all(self._precise(n) for n in names)
+        keep = exact and self._shared_weight is None and not rebuilt
         if keep and not self.merged_adapters:
             self._merge_snapshot = (W0, [])
         if self._merge_snapshot is not None:
@@ -233,7 +240,7 @@ class WeightMerge:
     @torch.no_grad()
     def unmerge(self) -> None:
         """Undo :meth:`merge`: the original weight when still valid (Note [exact unmerge]),
-        else the inverse, last merged first, with ``Aᵀ`` (block solves for Neumann) and ``1/s``.
+        else the inverse, last merged first, with ``A⁻¹`` (block solves) and ``1/s``.
         All-or-nothing, like :meth:`merge`: on an error the weight and ``merged_adapters`` are
         left as they were."""
         if not self.merged_adapters:
