@@ -133,8 +133,11 @@ def _remove_outputs(out: Path, names: Sequence[str]) -> None:
     through a link is unlinked, never followed into its target). If any move fails, the ones
     already moved are put back and a one-line :class:`RecipeError` names the path: nothing is
     deleted before every output is out of the way. Only then is that folder removed (rmtree does
-    not follow the links inside it); one left by a killed run is removed the next time.
+    not follow the links inside it); one left by a killed run is removed the next time. With no
+    outputs (a new or empty folder) nothing is touched.
     """
+    if not names:
+        return
     for stale in out.glob(_TRASH + "*"):
         pid = stale.name.removeprefix(_TRASH)
         if not (pid.isdigit() and process_alive(int(pid))):

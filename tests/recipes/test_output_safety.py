@@ -259,6 +259,16 @@ def test_overwrite_unlinks_symlinked_outputs_and_never_follows_them(tmp_path):
         assert not list(out.glob(".overwritten-*"))
 
 
+def test_overwrite_into_a_new_folder_runs(tmp_path):
+    """Regression: --overwrite_output_dir on a folder that does not exist yet (the usual first
+    run of a script that always passes it) failed with "cannot move the old run's
+    '.overwritten-<pid>' out of the way": the trash folder was made inside a missing parent."""
+    out = tmp_path / "new" / "run"
+    lipconvnet([*_LIP, "--output_dir", str(out), "--overwrite_output_dir"])
+    assert (out / "model.safetensors").is_file()
+    assert not list(out.glob(".overwritten-*"))
+
+
 def test_overwrite_that_cannot_move_an_output_deletes_nothing(capsys, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = [*_LIP, "--output_dir", str(out)]
