@@ -40,7 +40,8 @@ MULTI_ARGS = "test_name, tuner_method, config_cls, config_kwargs_1, config_kwarg
 # tested in tests/tuner/test_contract.py): a merge with a non-finite result is refused even
 # without safe_merge; "cayley_neumann" solves exactly the blocks whose Neumann bound exceeds 1e-2
 # (PEFT's OFT keeps the series and diverges after PEFT's own lr-0.5 steps); unmerge inverts the
-# merge within an ulp (Conv2d: restores the original bits, Note [exact unmerge]); b = 1 and Embedding(max_norm) with a scale are refused.
+# merge within an ulp (Conv2d: restores the original bits, Note [exact unmerge]); b = 1 and
+# Embedding(max_norm) with a scale are refused.
 #
 # Where a PEFT check does not apply, on purpose: (test, case) -> the one-line reason. The
 # property is checked by sorth's own suite instead where one exists (named in the reason).

@@ -1,6 +1,6 @@
 """DreamBooth images without torchvision: PIL + numpy resize, crop, flip, scale to [-1, 1].
 
-:class:`DreamBoothDataset` pairs them with the prompt's token ids (:func:`_tokenize`).
+:class:`DreamBoothDataset` pairs them with the prompt's token ids (:func:`tokenize_prompt`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from recipes.common import RecipeError, require_dir
 
-__all__ = ["IMAGE_SUFFIXES", "DreamBoothDataset", "list_images", "load_image"]
+__all__ = ["IMAGE_SUFFIXES", "DreamBoothDataset", "list_images", "load_image", "tokenize_prompt"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -111,7 +111,8 @@ class DreamBoothDataset:
         return {"pixel_values": torch.stack(pixels), "input_ids": torch.stack(ids)}
 
 
-def _tokenize(tokenizer: Any, prompt: str) -> Any:
+def tokenize_prompt(tokenizer: Any, prompt: str) -> Any:
+    """``prompt`` as the text encoder's ``input_ids`` padded to its maximum length, ``(1, L)``."""
     ids = tokenizer(
         prompt,
         padding="max_length",

@@ -3,7 +3,7 @@
 * :func:`load_components` — tokenizer, text encoder, VAE, UNet and noise scheduler of
   ``--pretrained_model``; a folder that is not a diffusers pipeline is one
   :class:`~recipes.common.RecipeError`.
-* :func:`_adapt` — the ``--method`` adapter on the UNet (or text-encoder) modules named.
+* :func:`adapt_model` — the ``--method`` adapter on the UNet (or text-encoder) modules named.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sorth.integrations.peft import make_peft_config
 if TYPE_CHECKING:
     from recipes.dreambooth.config import DreamBoothConfig
 
-__all__ = ["load_components"]
+__all__ = ["adapt_model", "load_components"]
 
 
 def load_components(path: str, dtype: Any = None, progress: bool = True) -> dict[str, Any]:
@@ -53,7 +53,9 @@ def load_components(path: str, dtype: Any = None, progress: bool = True) -> dict
         ) from None
 
 
-def _adapt(model: Any, cfg: DreamBoothConfig, targets: Sequence[str]) -> Any:
+def adapt_model(model: Any, cfg: DreamBoothConfig, targets: Sequence[str]) -> Any:
+    """``get_peft_model`` of ``model`` (the UNet or the text encoder) with the ``--method``
+    adapter of ``cfg`` on ``targets``; a bad size is one line."""
     from peft import get_peft_model
 
     try:

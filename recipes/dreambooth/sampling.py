@@ -1,9 +1,9 @@
 """Sampling in the DreamBooth recipe: class images for the prior loss, validation grids.
 
-* :func:`_class_images` — tops ``--class_data_dir`` up to ``--num_class_images`` with samples
+* :func:`class_images` — tops ``--class_data_dir`` up to ``--num_class_images`` with samples
   of the base model (main process).
-* :func:`_validate` — renders ``--validation_prompts`` into ``validation/step-N.png`` with the
-  adapted parts of :func:`_eval_parts`.
+* :func:`render_validation` — renders ``--validation_prompts`` into ``validation/step-N.png``
+  with the adapted parts of :func:`eval_parts`.
 * :func:`image_grid` — rows of PIL images as one image (also the contact sheet of
   :mod:`recipes.dreambooth.evaluate`).
 """
@@ -20,7 +20,7 @@ from recipes.dreambooth.data import list_images
 if TYPE_CHECKING:
     from recipes.dreambooth.config import DreamBoothConfig
 
-__all__ = ["image_grid"]
+__all__ = ["class_images", "eval_parts", "image_grid", "render_validation"]
 
 
 def _pipeline(path: str, parts: dict[str, Any]) -> Any:
@@ -37,7 +37,7 @@ def _pipeline(path: str, parts: dict[str, Any]) -> Any:
     return pipe
 
 
-def _eval_parts(parts: dict[str, Any], models: dict[str, Any], accelerator: Any) -> dict[str, Any]:
+def eval_parts(parts: dict[str, Any], models: dict[str, Any], accelerator: Any) -> dict[str, Any]:
     """Pipeline components with the adapted UNet / text encoder (adapter layers active)."""
     unwrap = {k: accelerator.unwrap_model(v) for k, v in models.items()}
     bare = {
@@ -70,7 +70,7 @@ def image_grid(rows: list[list[Any]]) -> Any:
     return grid
 
 
-def _class_images(cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any]) -> list[Any]:
+def class_images(cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any]) -> list[Any]:
     """Top the class folder up to --num_class_images with base-model samples (main process)."""
     folder = Path(cfg.class_data_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def _class_images(cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any]
     return list_images(folder, "--class_data_dir")[: cfg.num_class_images]
 
 
-def _validate(
+def render_validation(
     cfg: DreamBoothConfig, accelerator: Any, parts: dict[str, Any], step: int
 ) -> Path | None:
     """Render the validation prompts into ``validation/step-N.png`` (main process)."""

@@ -40,9 +40,9 @@ from recipes.common import (
     save_json,
 )
 from recipes.dreambooth.config import DreamBoothConfig
-from recipes.dreambooth.data import DreamBoothDataset, _tokenize, list_images
-from recipes.dreambooth.model import _adapt, load_components
-from recipes.dreambooth.sampling import _class_images, _eval_parts, _validate
+from recipes.dreambooth.data import DreamBoothDataset, list_images, tokenize_prompt
+from recipes.dreambooth.model import adapt_model, load_components
+from recipes.dreambooth.sampling import class_images, eval_parts, render_validation
 from recipes.output_dir import claim_output_dir, commit_output_dir
 from recipes.training import (
     find_checkpoint,
@@ -120,13 +120,13 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     )
     instance = list_images(cfg.instance_data_dir, "--instance_data_dir")
     parts = load_components(cfg.pretrained_model, progress=cfg.progress)
-    classes = _class_images(cfg, accelerator, parts) if cfg.with_prior_preservation else []
+    classes = class_images(cfg, accelerator, parts) if cfg.with_prior_preservation else []
     for name in ("vae", "text_encoder", "unet"):
         parts[name].requires_grad_(False)
     parts["vae"].to(accelerator.device, weight_dtype)
-    unet = _adapt(parts["unet"], cfg, cfg.target_modules)
+    unet = adapt_model(parts["unet"], cfg, cfg.target_modules)
     text_encoder = (
-        _adapt(parts["text_encoder"], cfg, cfg.text_encoder_modules)
+        adapt_model(parts["text_encoder"], cfg, cfg.text_encoder_modules)
         if cfg.train_text_encoder
         else parts["text_encoder"].to(accelerator.device, weight_dtype)
     )
@@ -140,9 +140,9 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     tok = parts["tokenizer"]
     dataset = DreamBoothDataset(
         instance,
-        _tokenize(tok, cfg.instance_prompt),
+        tokenize_prompt(tok, cfg.instance_prompt),
         classes,
-        _tokenize(tok, cfg.class_prompt) if classes else None,
+        tokenize_prompt(tok, cfg.class_prompt) if classes else None,
         resolution=cfg.resolution,
         center_crop=cfg.center_crop,
         flip=cfg.random_flip,
@@ -180,7 +180,7 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if cfg.validation_steps and step % cfg.validation_steps == 0:
-            _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
+            render_validation(cfg, accelerator, eval_parts(parts, models, accelerator), step)
         if cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0:
             save_checkpoint(
                 accelerator, holder, optimizer, step, out, run_id=run_id,
@@ -223,7 +223,7 @@ def run(cfg: DreamBoothConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     if cfg.validation_prompts and cfg.validation_steps:
         result["validation"] = str(
-            _validate(cfg, accelerator, _eval_parts(parts, models, accelerator), step)
+            render_validation(cfg, accelerator, eval_parts(parts, models, accelerator), step)
         )
     return result
 

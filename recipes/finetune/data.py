@@ -7,8 +7,8 @@ Two shapes, checked up front with a one-line error naming the columns that exist
 * ``causal_lm``: ``prompt`` + ``response`` columns (loss on the response only) or one ``text``
   column (loss on every token).
 
-:func:`_prepare_data` reads and tokenizes the files a :class:`FinetuneConfig` names;
-:func:`_collate` pads the examples into batches.
+:func:`prepare_data` reads and tokenizes the files a :class:`FinetuneConfig` names;
+:func:`make_collate` pads the examples into batches.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ from recipes.common import RecipeError
 if TYPE_CHECKING:
     from recipes.finetune.config import FinetuneConfig
 
-__all__ = ["TextData", "load_table", "tokenize_causal", "tokenize_classification"]
+__all__ = [
+    "TextData",
+    "load_table",
+    "make_collate",
+    "prepare_data",
+    "tokenize_causal",
+    "tokenize_classification",
+]
 
 _FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -180,7 +187,9 @@ def tokenize_causal(
     return TextData(encode(train), encode(eval_rows), 0, ())
 
 
-def _prepare_data(cfg: FinetuneConfig, tokenizer: Any) -> TextData:
+def prepare_data(cfg: FinetuneConfig, tokenizer: Any) -> TextData:
+    """The train / eval rows of ``cfg`` read, split and tokenized for its task (seq_cls or
+    causal_lm), with the label mapping."""
     common = {
         "max_length": cfg.max_length,
         "eval_fraction": cfg.eval_fraction,
@@ -207,7 +216,9 @@ def _prepare_data(cfg: FinetuneConfig, tokenizer: Any) -> TextData:
     )  # fmt: skip
 
 
-def _collate(pad_id: int, regression: bool) -> Any:
+def make_collate(pad_id: int, regression: bool) -> Any:
+    """A ``collate_fn`` padding ``input_ids`` with ``pad_id`` (and the attention mask, the
+    labels with -100 for causal LM); ``regression`` keeps float labels."""
     import torch
 
     def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from recipes.common import RecipeError, StepTimer, save_json
-from recipes.finetune.data import _collate, _prepare_data
-from recipes.finetune.evaluation import _evaluate, _metric
-from recipes.finetune.model import _adapt, _load_model, _load_tokenizer
+from recipes.finetune.data import make_collate, prepare_data
+from recipes.finetune.evaluation import evaluate, select_metric
+from recipes.finetune.model import adapt_model, load_model, load_tokenizer
 from recipes.output_dir import claim_output_dir, commit_output_dir
 from recipes.training import make_accelerator, steps_per_epoch, train_steps
 from sorth.integrations import distributed
@@ -88,11 +88,11 @@ def run_sharded(cfg: Any, lr_lambda: Callable[[int, int], Any]) -> dict[str, Any
     mesh = distributed.init_distributed()  # the group accelerate started under torchrun
     _, run_id = claim_output_dir(cfg, OUTPUTS, write=False)
     resume = _checkpoint(Path(cfg.output_dir).expanduser(), cfg.resume_from_checkpoint)
-    tokenizer = _load_tokenizer(cfg)
-    data = _prepare_data(cfg, tokenizer)
-    model = _adapt(cfg, _load_model(cfg, max(data.num_labels, 1), tokenizer.pad_token_id))
+    tokenizer = load_tokenizer(cfg)
+    data = prepare_data(cfg, tokenizer)
+    model = adapt_model(cfg, load_model(cfg, max(data.num_labels, 1), tokenizer.pad_token_id))
     trainable, total = count_parameters(model)
-    collate = _collate(tokenizer.pad_token_id, data.num_labels == 1)
+    collate = make_collate(tokenizer.pad_token_id, data.num_labels == 1)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(data.train, cfg.batch_size, True, collate_fn=collate, generator=gen)
     eval_loader = DataLoader(data.eval, cfg.eval_batch_size, collate_fn=collate)
@@ -136,7 +136,7 @@ def run_sharded(cfg: Any, lr_lambda: Callable[[int, int], Any]) -> dict[str, Any
             for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
                 group["lr"] = base * schedule(step)
     out = commit_output_dir(cfg, OUTPUTS, accelerator)
-    metric, higher = _metric(cfg, data.num_labels)
+    metric, higher = select_metric(cfg, data.num_labels)
     best = max if higher else min
     eval_every = cfg.eval_steps or per_epoch
     timer, losses = StepTimer(), []
@@ -144,7 +144,7 @@ def run_sharded(cfg: Any, lr_lambda: Callable[[int, int], Any]) -> dict[str, Any
     def after_step(step: int, loss: float) -> None:
         losses.append(loss)
         if step % eval_every == 0 or step == steps:
-            ev = _evaluate(accelerator, engine, eval_loader, cfg.task, data.num_labels)
+            ev = evaluate(accelerator, engine, eval_loader, cfg.task, data.num_labels)
             recent = losses[-eval_every:]
             history.append({"step": step, "train_loss": sum(recent) / len(recent), **ev})
             if ev[metric] == best(h[metric] for h in history if metric in h):

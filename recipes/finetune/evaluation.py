@@ -9,7 +9,10 @@ if TYPE_CHECKING:
     from recipes.finetune.config import FinetuneConfig
 
 
-def _evaluate(
+__all__ = ["evaluate", "select_metric"]
+
+
+def evaluate(
     accelerator: Any, model: Any, loader: Any, task: str, num_labels: int
 ) -> dict[str, float]:
     """Loss and task metrics over the whole eval set (gathered across processes)."""
@@ -46,7 +49,7 @@ def _evaluate(
     return result
 
 
-def _metric(cfg: FinetuneConfig, num_labels: int) -> tuple[str, bool]:
+def select_metric(cfg: FinetuneConfig, num_labels: int) -> tuple[str, bool]:
     """The selection metric and whether larger is better."""
     if cfg.task == "causal_lm" or cfg.metric == "loss":
         return "loss", False

@@ -1,9 +1,9 @@
 """The model side of the finetune recipe: tokenizer, base model (optionally quantized), adapter.
 
-* :func:`_load_tokenizer` / :func:`_load_model` — ``--model`` (a local folder or a hub id) for
+* :func:`load_tokenizer` / :func:`load_model` — ``--model`` (a local folder or a hub id) for
   ``--task``, a bitsandbytes base with ``--load_in_4bit`` / ``--load_in_8bit`` (QGSOFT, QLoRA);
   an unusable path is one :class:`~recipes.common.RecipeError`.
-* :func:`_adapt` — the ``--method`` adapter on ``--target_modules``, or on the preset of the
+* :func:`adapt_model` — the ``--method`` adapter on ``--target_modules``, or on the preset of the
   model family (:data:`PRESETS`); a classifier head is trained fully.
 """
 
@@ -17,7 +17,7 @@ from sorth.integrations.peft import make_peft_config
 if TYPE_CHECKING:
     from recipes.finetune.config import FinetuneConfig
 
-__all__ = ["PRESETS"]
+__all__ = ["PRESETS", "adapt_model", "load_model", "load_tokenizer"]
 
 PRESETS: tuple[tuple[str, ...], ...] = (
     ("query", "key", "value", "output.dense", "intermediate.dense"),  # BERT / RoBERTa (paper)
@@ -26,7 +26,7 @@ PRESETS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def _load_tokenizer(cfg: FinetuneConfig) -> Any:
+def load_tokenizer(cfg: FinetuneConfig) -> Any:
     """The model's tokenizer (with a pad token), or a one-line error for an unusable path."""
     import transformers
 
@@ -43,7 +43,7 @@ def _load_tokenizer(cfg: FinetuneConfig) -> Any:
     return tokenizer
 
 
-def _load_model(cfg: FinetuneConfig, num_labels: int, pad_token_id: int) -> Any:
+def load_model(cfg: FinetuneConfig, num_labels: int, pad_token_id: int) -> Any:
     """The base model for ``cfg.task``, or a one-line error for an unusable path."""
     import transformers
 
@@ -99,7 +99,9 @@ def _targets(cfg: FinetuneConfig, model: Any) -> list[str]:
     raise RecipeError("no preset matches this model's module names; pass --target_modules")
 
 
-def _adapt(cfg: FinetuneConfig, model: Any) -> Any:
+def adapt_model(cfg: FinetuneConfig, model: Any) -> Any:
+    """``get_peft_model`` of ``model`` with the ``--method`` adapter of ``cfg`` (its targets,
+    sizes; the classifier head trained fully for seq_cls); a bad size is one line."""
     from peft import get_peft_model
 
     heads = [h for h in ("classifier", "score") if hasattr(model, h)]

@@ -42,10 +42,10 @@ from recipes.common import (
     save_json,
 )
 from recipes.finetune.config import FinetuneConfig
-from recipes.finetune.data import _collate, _prepare_data
+from recipes.finetune.data import make_collate, prepare_data
 from recipes.finetune.distributed import run_sharded
-from recipes.finetune.evaluation import _evaluate, _metric
-from recipes.finetune.model import _adapt, _load_model, _load_tokenizer
+from recipes.finetune.evaluation import evaluate, select_metric
+from recipes.finetune.model import adapt_model, load_model, load_tokenizer
 from recipes.output_dir import claim_output_dir, commit_output_dir
 from recipes.training import (
     fast_forward,
@@ -100,12 +100,12 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
     )
     _, run_id = claim_output_dir(cfg, OUTPUTS, write=False)  # refuse before any work
     resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
-    tokenizer = _load_tokenizer(cfg)
-    data = _prepare_data(cfg, tokenizer)
-    model = _load_model(cfg, max(data.num_labels, 1), tokenizer.pad_token_id)
-    model = _adapt(cfg, model)
+    tokenizer = load_tokenizer(cfg)
+    data = prepare_data(cfg, tokenizer)
+    model = load_model(cfg, max(data.num_labels, 1), tokenizer.pad_token_id)
+    model = adapt_model(cfg, model)
     trainable, total = count_parameters(model)
-    collate = _collate(tokenizer.pad_token_id, data.num_labels == 1)
+    collate = make_collate(tokenizer.pad_token_id, data.num_labels == 1)
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
         data.train, cfg.batch_size, shuffle=True, collate_fn=collate, generator=gen
@@ -125,12 +125,12 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         step, history = state["step"], state.get("history", [])
         fast_forward(scheduler, step)
     out = commit_output_dir(cfg, OUTPUTS, accelerator)  # main process writes run.json
-    metric, higher = _metric(cfg, data.num_labels)
+    metric, higher = select_metric(cfg, data.num_labels)
     best = max if higher else min
     eval_every = cfg.eval_steps or per_epoch
     if cfg.eval_before and step == 0:
         history.append(
-            {"step": 0, **_evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)}
+            {"step": 0, **evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)}
         )
     timer, losses = StepTimer(), []
     bar = tqdm(
@@ -145,7 +145,7 @@ def run(cfg: FinetuneConfig) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}")
         if step % eval_every == 0 or step == steps:
-            ev = _evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)
+            ev = evaluate(accelerator, model, eval_loader, cfg.task, data.num_labels)
             recent = losses[-eval_every:]
             history.append({"step": step, "train_loss": sum(recent) / len(recent), **ev})
             if ev[metric] == best(h[metric] for h in history if metric in h and h["step"] > 0):

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import re
+import sys
 from typing import Any
 
-from sorth.cli._common import (
+from sorth.cli.common import (
     CONFIG_NAME,
+    EXIT_ERROR,
     WEIGHTS_NAME,
     CLIError,
-    _natural,
-    _progress,
-    _read_json,
-    _require_dir,
+    adapter_dirs,
+    natural_key,
+    progress_iter,
+    read_json,
+    require_dir,
 )
 
-__all__ = ["DENSE_CHECK_MAX_N", "inspect_adapter", "print_inspect"]
+__all__ = ["DENSE_CHECK_MAX_N", "add_parser", "inspect_adapter", "print_inspect", "run"]
 
 DENSE_CHECK_MAX_N = 4096  # above this, the orthogonality error is measured block by block
 _KEY = re.compile(
@@ -114,8 +119,8 @@ def inspect_adapter(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = _require_dir(adapter_dir, "adapter folder", [CONFIG_NAME])
-    config = _read_json(path / CONFIG_NAME)
+    path = require_dir(adapter_dir, "adapter folder", [CONFIG_NAME])
+    config = read_json(path / CONFIG_NAME)
     if str(config.get("peft_type", "")).upper() != "SORTH":
         raise CLIError(
             f"'{adapter_dir}' holds a {config.get('peft_type', 'unknown')} adapter, not a sorth "
@@ -141,7 +146,7 @@ def inspect_adapter(adapter_dir: str | os.PathLike) -> dict[str, Any]:
     if not grouped:
         raise CLIError(f"{path / WEIGHTS_NAME} holds no sorth rotation tensors")
     layers, cache = [], {}
-    for name in _progress(sorted(grouped, key=_natural), "inspect", len(grouped)):
+    for name in progress_iter(sorted(grouped, key=natural_key), "inspect", len(grouped)):
         entry: dict[str, Any] = {"layer": name, "scale": scales.get(name, 0)}
         for part, label in (("sorth_in", "in"), ("sorth_out", "out")):
             if part in grouped[name]:
@@ -233,3 +238,40 @@ def print_inspect(info: dict[str, Any]) -> None:
         e[s]["orth_error_of"] == "blocks" for e in info["layers"] for s in ("in", "out") if s in e
     ):
         print(f"* n > {DENSE_CHECK_MAX_N}: error of the orthogonal blocks (Q is their product)")
+
+
+def add_parser(sub: Any) -> None:
+    """The ``sorth inspect`` sub-parser, added to ``sub`` (the ``sorth`` command's sub-parsers)."""
+    ins = sub.add_parser(
+        "inspect",
+        help="describe a saved sorth adapter",
+        description="Structure, sizes, trainable parameters per layer and in total, density and "
+        "orthogonality error max|QᵀQ−I| (float64) of every adapted layer. Reads only the adapter "
+        "folder (adapter_config.json + adapter_model.safetensors, or one sub-folder per pipeline "
+        "component such as unet/), not the base model.",
+    )
+    ins.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="folder written by save_pretrained")
+    ins.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``sorth inspect``: print the report of every adapter folder; status 1 when a saved tensor
+    holds NaN or Inf (Note [non-finite]: the table is printed, then one line)."""
+    folder = require_dir(args.adapter_dir, "adapter folder")
+    parts = adapter_dirs(folder, None)  # one adapter, or one per pipeline component
+    infos = {comp: inspect_adapter(path) for comp, path in parts.items()}
+    if args.json:
+        print(json.dumps(infos.get(None, infos), indent=2, default=str))
+    else:
+        for info in infos.values():
+            print_inspect(info)
+    broken = [(info, info["nonfinite_tensors"]) for info in infos.values()]
+    broken = [(info, keys) for info, keys in broken if keys]
+    if broken:
+        info, keys = broken[0]
+        sys.stderr.write(
+            f"sorth inspect: error: {info['adapter_dir']}: {len(keys)} saved tensor(s) hold "
+            f"NaN or Inf (e.g. {keys[0]}); this adapter is broken\n"
+        )
+        return EXIT_ERROR
+    return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import warnings
@@ -9,18 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sorth.cli._common import (
+from sorth.cli.common import (
     CONFIG_NAME,
     CLIError,
-    _adapter_dirs,
-    _bar,
-    _quiet,
-    _read_json,
-    _read_json_or_empty,
-    _require_dir,
+    adapter_dirs,
+    progress_bar,
+    quiet_libraries,
+    read_json,
+    read_model_config,
+    require_dir,
 )
 
-__all__ = ["merge_adapter"]
+__all__ = ["add_parser", "merge_adapter", "run"]
 
 
 def _load_base(base: Path, adapter: Path | None) -> tuple[str, Any]:
@@ -35,7 +36,7 @@ def _load_base(base: Path, adapter: Path | None) -> tuple[str, Any]:
         return "pipeline", DiffusionPipeline.from_pretrained(base)
     if not (base / "config.json").is_file():
         raise CLIError(f"base model '{base}' has no config.json or model_index.json")
-    config = _read_json(base / "config.json")
+    config = read_json(base / "config.json")
     if "quantization_config" in config:
         method = config["quantization_config"].get("quant_method", "quantized")
         raise CLIError(
@@ -121,17 +122,17 @@ def merge_adapter(
         CLIError: bad paths, an existing ``out_dir`` without ``overwrite``, or an adapter that
             does not fit the base model.
     """
-    base = _require_dir(base_dir, "base model folder")
-    adapter = _require_dir(adapter_dir, "adapter folder")
+    base = require_dir(base_dir, "base model folder")
+    adapter = require_dir(adapter_dir, "adapter folder")
     out = Path(out_dir).expanduser()
     _check_out(out, out_dir, base, adapter, overwrite)
-    adapters = _adapter_dirs(adapter, components)
-    bar = _bar("merge: load base", 3)
+    adapters = adapter_dirs(adapter, components)
+    bar = progress_bar("merge: load base", 3)
     try:
         libraries = ["transformers"]
-        if (base / "model_index.json").is_file() or "_class_name" in _read_json_or_empty(base):
+        if (base / "model_index.json").is_file() or "_class_name" in read_model_config(base):
             libraries.append("diffusers")
-        with warnings.catch_warnings(), _quiet(*libraries):
+        with warnings.catch_warnings(), quiet_libraries(*libraries):
             warnings.simplefilter("ignore", FutureWarning)  # library deprecation notices
             obj = _merge_all(base, adapter, adapters, components, bar)
             bar.set_description_str("merge: save")
@@ -196,3 +197,30 @@ def _save_atomic(obj: Any, base: Path, out: Path) -> None:
         obj.save_pretrained(tmp)
         _copy_extras(base, tmp)
         _check_clean(tmp)
+
+
+def add_parser(sub: Any) -> None:
+    """The ``sorth merge`` sub-parser, added to ``sub`` (the ``sorth`` command's sub-parsers)."""
+    mer = sub.add_parser(
+        "merge",
+        help="merge an adapter into its base model (plain safetensors)",
+        description="Fold the adapter into the weights (W' = diag(s)·A_out·W·A_in) and write a "
+        "model that loads with plain transformers/diffusers from_pretrained, without sorth.",
+    )
+    mer.add_argument("--base", required=True, metavar="MODEL_DIR", help="base model folder")
+    mer.add_argument("--adapter", required=True, metavar="ADAPTER_DIR", help="adapter folder")
+    mer.add_argument("--out", required=True, metavar="OUT_DIR", help="folder to write")
+    mer.add_argument(
+        "--component", action="append", metavar="NAME", help="pipeline component(s) to merge "
+        "into (default: every adapter sub-folder, or unet for a single adapter)",
+    )  # fmt: skip
+    mer.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``sorth merge``: :func:`merge_adapter` with the command's arguments."""
+    out = merge_adapter(
+        args.base, args.adapter, args.out, components=args.component, overwrite=args.overwrite
+    )
+    print(f"merged model written to {out} (safetensors; loads without sorth)")
+    return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from sorth.cli._common import CLIError
+from sorth.cli.common import CLIError, flag_spellings
 
-__all__ = ["plot"]
+__all__ = ["add_parser", "plot", "run"]
 
 
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -66,3 +67,32 @@ def plot(args: argparse.Namespace) -> Path:
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else err
         raise CLIError(f"cannot write '{args.out}': {reason}") from None
+
+
+def add_parser(sub: Any) -> None:
+    """The ``sorth plot`` sub-parser, added to ``sub`` (the ``sorth`` command's sub-parsers)."""
+    plo = sub.add_parser(
+        "plot",
+        help="draw the structure of a GS matrix",
+        description="Sparsity of every factor and permutation and of Q (structure), density "
+        "against the number of factors vs the block butterfly (density, Theorem 2), or "
+        "Proposition 1's block ranks of L P R (ranks).",
+    )
+    plo.add_argument("--n", type=int, required=True, help="feature size n")
+    size = plo.add_mutually_exclusive_group(required=True)
+    size.add_argument("--nblocks", type=int, help="r, blocks per factor")
+    size.add_argument(*flag_spellings("--block-size"), type=int, help="b = n / r")
+    plo.add_argument("--structure", default="gs", choices=("gs", "oft", "butterfly", "monarch"),
+                     help="the GS structure to draw (default: gs)")  # fmt: skip
+    plo.add_argument(*flag_spellings("--n-factors"), type=int, help="factors m (structure: "
+                     "gs/butterfly; density: largest m shown)")  # fmt: skip
+    plo.add_argument("--kind", default="structure", choices=("structure", "density", "ranks"),
+                     help="what to draw (default: structure)")  # fmt: skip
+    plo.add_argument("--out", required=True, help="image file (.png, .svg or .pdf)")
+    plo.add_argument("--dpi", type=int, default=100, help="resolution of a .png (default: 100)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``sorth plot``: draw and print where the image went."""
+    print(f"wrote {plot(args)}")
+    return 0

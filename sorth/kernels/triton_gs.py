@@ -38,7 +38,7 @@ import triton
 from torch.autograd.function import once_differentiable
 
 from sorth.kernels.plan import ShufflePlan, plan_index
-from sorth.kernels.triton_kernels import _INTERPRET, gs2_backward, gs2_forward
+from sorth.kernels.triton_kernels import INTERPRET, gs2_backward, gs2_forward
 
 __all__ = ["kernel_class", "triton_gs_apply"]
 
@@ -69,7 +69,7 @@ class _Launch:
             self.kL * self.bL1,
         )
         self.M = x.shape[0]
-        self.BM = 16 if _INTERPRET else 32
+        self.BM = 16 if INTERPRET else 32
         tiles = max(1, triton.cdiv(self.M, self.BM))
         if x.device.type == "cuda":
             sms, budget = _gpu(x.device.index or 0)
@@ -89,7 +89,7 @@ class _Launch:
             "BR2": _pad(self.bR2),
             "BL1": _pad(self.bL1),
             "BL2": _pad(self.bL2),
-            "UPCAST": _INTERPRET,
+            "UPCAST": INTERPRET,
             "IEEE": x.dtype == torch.float32,
         }
 

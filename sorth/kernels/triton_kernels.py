@@ -11,10 +11,10 @@ import os
 import triton
 import triton.language as tl
 
-__all__ = ["_INTERPRET", "gs2_backward", "gs2_forward"]
+__all__ = ["INTERPRET", "gs2_backward", "gs2_forward"]
 
 # triton.jit picks the interpreter when the kernels are defined, i.e. at this import
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit

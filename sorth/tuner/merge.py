@@ -11,9 +11,10 @@ with the adapters' float32 matrices (float64 for a float64 base), the products i
 ``A⁻¹`` the exact inverse of those matrices by block solves (not ``Aᵀ``: a float32 block is
 orthogonal only to ~``b·eps``). Merging several adapters applies the recursion in order;
 unmerging inverts it, last merged first, or (``exact_unmerge=True``, and by default on Conv2d)
-restores the weight the first merge replaced (Note [exact unmerge] on :meth:`WeightMerge.merge`). Conv2d's forward
-builds ``W_k`` with the same arithmetic in float32 (:meth:`WeightMerge._apply_to_weight`), and
-its merge is that float32 arithmetic, so its merged layer gives the same numbers.
+restores the weight the first merge replaced (Note [exact unmerge] on
+:meth:`WeightMerge.merge`). Conv2d's forward builds ``W_k`` with the same arithmetic in
+float32 (:meth:`WeightMerge._apply_to_weight`), and its merge is that float32 arithmetic, so
+its merged layer gives the same numbers.
 """
 
 from __future__ import annotations

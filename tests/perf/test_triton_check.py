@@ -47,7 +47,7 @@ from tests._tolerances import tol_vs_float64
 from tests.tuner._models import MLP
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not triton_gs._INTERPRET:
+if DEVICE == "cpu" and not triton_gs.INTERPRET:
     pytest.skip(
         "no GPU and triton was imported without TRITON_INTERPRET=1", allow_module_level=True
     )

@@ -23,11 +23,11 @@ import sorth
 from sorth import GSMatrix
 from sorth.errors import MethodError
 from sorth.kernels import select_kernel, use_kernel
-from sorth.kernels.triton_gs import _INTERPRET, triton_gs_apply
+from sorth.kernels.triton_gs import INTERPRET, triton_gs_apply
 from tests._tolerances import tol_vs_float64
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not _INTERPRET:
+if DEVICE == "cpu" and not INTERPRET:
     pytest.skip(
         "no GPU and triton was imported without TRITON_INTERPRET=1", allow_module_level=True
     )

@@ -130,7 +130,7 @@ def test_output_dir_that_is_a_file_is_refused_before_training(
     target = tmp_path / "file"
     target.write_text("keep me")
     monkeypatch.setattr(
-        "recipes.finetune.train._load_model", lambda *a: pytest.fail("trained before checking")
+        "recipes.finetune.train.load_model", lambda *a: pytest.fail("trained before checking")
     )
     args = _ft_args(tiny_roberta_dir, sentiment_file, target, "--max_steps", "1")
     _refused(capsys, finetune, args, "is a file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -12,7 +13,23 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG_NAME", "EXIT_ERROR", "EXIT_USAGE", "WEIGHTS_NAME", "CLIError"]
+__all__ = [
+    "CONFIG_NAME",
+    "EXIT_ERROR",
+    "EXIT_USAGE",
+    "WEIGHTS_NAME",
+    "CLIError",
+    "OneSpellingFormatter",
+    "adapter_dirs",
+    "flag_spellings",
+    "natural_key",
+    "progress_bar",
+    "progress_iter",
+    "quiet_libraries",
+    "read_json",
+    "read_model_config",
+    "require_dir",
+]
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -22,7 +39,39 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _progress(items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+def _canonical(option: str) -> str:
+    """``--block-size`` and ``--block_size`` (``--no-x-y`` and ``--no-x_y``) are one flag."""
+    name = option.removeprefix("--")
+    negated = name.startswith("no-")
+    return ("no-" if negated else "") + name.removeprefix("no-").replace("-", "_")
+
+
+def flag_spellings(flag: str) -> list[str]:
+    """``[flag, other]``: a flag and its other spelling, ``-`` and ``_`` swapped after the
+    leading ``--`` (``--block-size`` → ``["--block-size", "--block_size"]``); the first is the
+    one help shows (:class:`OneSpellingFormatter`), both parse."""
+    name = flag.removeprefix("--")
+    other = name.replace("-", "_") if "-" in name else name.replace("_", "-")
+    return [flag] if other == name else [flag, f"--{other}"]
+
+
+class OneSpellingFormatter(argparse.HelpFormatter):
+    """Help that lists each flag once: a second spelling of a flag (:func:`flag_spellings`,
+    ``--block_size`` beside ``--block-size``) parses but is not shown."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown, seen = [], set()
+        for option in action.option_strings:
+            if _canonical(option) not in seen:
+                seen.add(_canonical(option))
+                shown.append(option)
+        if not shown or action.nargs == 0:
+            return super()._format_action_invocation(action) if not shown else ", ".join(shown)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(f"{option} {metavar}" for option in shown)
+
+
+def progress_iter(items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
     """A tqdm progress bar on stderr (shown on a terminal only), or the items as they are."""
     try:
         from tqdm.auto import tqdm
@@ -37,7 +86,7 @@ class _NoBar:
     def close(self) -> None: ...
 
 
-def _bar(desc: str, total: int) -> Any:
+def progress_bar(desc: str, total: int) -> Any:
     """A manual tqdm bar for work done in stages (``update()`` after each)."""
     try:
         from tqdm.auto import tqdm
@@ -46,7 +95,9 @@ def _bar(desc: str, total: int) -> Any:
     return tqdm(total=total, desc=desc, disable=None, leave=False, file=sys.stderr)
 
 
-def _require_dir(path: str | os.PathLike, what: str, must_hold: Sequence[str] = ()) -> Path:
+def require_dir(path: str | os.PathLike, what: str, must_hold: Sequence[str] = ()) -> Path:
+    """``path`` as a folder that exists and holds every file of ``must_hold``, else a
+    :class:`CLIError` naming ``what``."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CLIError(f"{what} '{path}' does not exist")
@@ -58,7 +109,8 @@ def _require_dir(path: str | os.PathLike, what: str, must_hold: Sequence[str] = 
     return p
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, else a :class:`CLIError` (unreadable, not an object)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -68,17 +120,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_json_or_empty(folder: Path) -> dict[str, Any]:
+def read_model_config(folder: Path) -> dict[str, Any]:
+    """``folder/config.json`` as a dict, or ``{}`` when the folder has none."""
     path = folder / "config.json"
-    return _read_json(path) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
-def _natural(key: str) -> list[Any]:
+def natural_key(key: str) -> list[Any]:
+    """Sort key ordering ``layers.10`` after ``layers.9`` (digit runs compared as numbers)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 @contextlib.contextmanager
-def _quiet(*libraries: str) -> Iterator[None]:
+def quiet_libraries(*libraries: str) -> Iterator[None]:
     """Our stage bar replaces the libraries' per-file bars; their notices are not errors.
 
     Restores each library's logging verbosity and progress-bar setting on exit.
@@ -98,7 +152,7 @@ def _quiet(*libraries: str) -> Iterator[None]:
                 log.enable_progress_bar()
 
 
-def _adapter_dirs(adapter: Path, components: Sequence[str] | None) -> dict[str | None, Path]:
+def adapter_dirs(adapter: Path, components: Sequence[str] | None) -> dict[str | None, Path]:
     """``{component: folder}``: one adapter folder, or one sub-folder per pipeline component."""
     if (adapter / CONFIG_NAME).is_file():
         return {None: adapter}
