@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 # a short comparison.
 demo: install
 	scripts/get_data.sh $(PY)
-	$(PY) -m recipes.demo
+	$(PY) -m recipes.demo --overwrite_output_dir
 
 lint: install
 	$(VENV)/bin/ruff check .

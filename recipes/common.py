@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from recipes.notices import quiet_known_notices
+from sorth.cli.common import OneSpellingBooleanAction, OneSpellingFormatter, flag_spellings
 from sorth.integrations.io import atomic_dir, atomic_file
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
     "StepTimer",
     "atomic_dir",
     "atomic_file",
-    "block_sizes",
     "cli",
     "option",
     "parse_config",
@@ -48,6 +49,7 @@ __all__ = [
 T = TypeVar("T")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+_COMMON_ORDER = itertools.count(1)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -66,6 +68,7 @@ def option(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    common: bool = False,
 ) -> Any:
     """A dataclass field that becomes one documented command-line flag.
 
@@ -75,11 +78,18 @@ def option(
         choices: allowed values, checked by argparse.
         low, high: inclusive numeric range (``low_open`` makes the lower bound strict).
         low_open: whether ``low`` itself is rejected.
+        common: one of the options several recipes share (:mod:`recipes.options`), listed
+            under "common options" in ``--help``.
     """
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
+    meta["common"] = next(_COMMON_ORDER) if common else 0  # declaration order of shared ones
     if isinstance(default, list | dict):
         raise TypeError("use tuples, not mutable defaults, for list options")
     return dataclasses.field(default=default, metadata=meta)
+
+
+class _HelpFormatter(OneSpellingFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown; each flag in one spelling (``--block-size`` also parses)."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -93,7 +103,7 @@ def _argparse_type(hint: Any) -> tuple[Any, dict[str, Any]]:
     """Map a dataclass type hint to argparse ``type``/``nargs``/``action`` keywords."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
-        return None, {"action": argparse.BooleanOptionalAction}
+        return None, {"action": OneSpellingBooleanAction}
     if origin is tuple:
         return args[0], {"nargs": "*"}
     if args and type(None) in args:  # Optional[X]
@@ -112,12 +122,14 @@ def parse_config(
     stderr. A value starting with ``~`` is expanded as the shell would (``--output_dir=~/run``).
     """
     parser = _OneLineParser(
-        prog=prog or _prog(cls),
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog or _prog(cls), description=description, formatter_class=_HelpFormatter
     )
+    shared = parser.add_argument_group("common options (the same in every recipe)")
+    own = parser  # its own options: argparse's "options" group
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    # the shared options in the order recipes.options declares them, then the recipe's own
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.metadata.get("common") or 1e9)
+    for f in fields:
         kind, extra = _argparse_type(hints[f.name])
         helptext = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
         kwargs: dict[str, Any] = {"default": f.default, "help": helptext, **extra}
@@ -125,7 +137,8 @@ def parse_config(
             kwargs["type"] = kind
         if f.metadata.get("choices") is not None:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(f"--{f.name}", **kwargs)
+        group = shared if f.metadata.get("common") else own
+        group.add_argument(*flag_spellings(f"--{f.name}"), **kwargs)
     ns = vars(parser.parse_args(argv))
     for f in dataclasses.fields(cls):
         # `--output_dir=~/run` (the `=` form) leaves `~` to the program, where the shell expands
@@ -204,24 +217,6 @@ def save_png(fig: Any, path: str | os.PathLike, dpi: int = 120) -> None:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
-
-
-def block_sizes(block_size: int, nblocks: int, *, default: tuple[str, int]) -> dict[str, Any]:
-    """``{"block_size": b}`` or ``{"nblocks": r}`` from the two exclusive flags (0: unset).
-
-    Both set is refused (the recipes used to disagree on which one wins); neither set gives
-    ``default``, e.g. ``("block_size", 8)``.
-    """
-    if block_size and nblocks:
-        raise RecipeError(
-            f"--block_size={block_size} and --nblocks={nblocks} are exclusive: pass only one "
-            "(b = n / r)"
-        )
-    if block_size:
-        return {"block_size": block_size, "nblocks": None}
-    if nblocks:
-        return {"block_size": None, "nblocks": nblocks}
-    return {"block_size": None, "nblocks": None, default[0]: default[1]}
 
 
 # --------------------------------------------------------------------------- paths

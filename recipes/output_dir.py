@@ -9,8 +9,7 @@ another's.
 * :func:`claim_output_dir` — the checks (every rank, before any work) and, with ``write``, the
   removals and ``run.json``; :func:`commit_output_dir` — the main process's write, ranks synced.
 * :func:`run_fingerprint` — the id of a run: a hash of every option but :data:`RUN_CONTROL`.
-* The two flags are declared here once: :func:`resume_from_checkpoint_option`,
-  :func:`overwrite_output_dir_option`.
+* The flags are declared once, in :mod:`recipes.options`.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recipes.common import RecipeError, option, save_json
+from recipes.common import RecipeError, save_json
 from sorth.integrations.io import process_alive
 
 __all__ = [
@@ -33,8 +32,6 @@ __all__ = [
     "RUN_FILE",
     "claim_output_dir",
     "commit_output_dir",
-    "overwrite_output_dir_option",
-    "resume_from_checkpoint_option",
     "run_fingerprint",
 ]
 
@@ -50,19 +47,6 @@ RUN_CONTROL = frozenset(
         "export_merged",
     }
 )  # fmt: skip
-
-
-def resume_from_checkpoint_option() -> Any:
-    """The ``--resume_from_checkpoint`` field of a recipe's config (resolved by
-    :func:`recipes.training.find_checkpoint`, checked against the folder's run by
-    :func:`claim_output_dir`)."""
-    return option("", "'latest' or a checkpoint folder to resume from.")
-
-
-def overwrite_output_dir_option(outputs: str) -> Any:
-    """The ``--overwrite_output_dir`` field of a recipe's config (off by default); ``outputs``
-    names, for ``--help``, what :func:`claim_output_dir` then removes from the folder."""
-    return option(False, f"Replace the run already in --output_dir ({outputs}).")
 
 
 def run_fingerprint(cfg: Any) -> tuple[str, dict[str, Any]]:

@@ -7,9 +7,9 @@
 * :func:`train_steps` — the accumulate / clip / step / checkpoint loop of every recipe, with one
   resume formula (:func:`resume_position`).
 
-The output-folder policy (``run.json``, :func:`claim_output_dir`, :func:`commit_output_dir`, the
-``--resume_from_checkpoint`` / ``--overwrite_output_dir`` fields) is :mod:`recipes.output_dir`;
-its names are re-exported here.
+The output-folder policy (``run.json``, ``claim_output_dir``, ``commit_output_dir``) is
+:mod:`recipes.output_dir`; the ``--resume_from_checkpoint`` / ``--overwrite_output_dir`` flags
+are declared in :mod:`recipes.options`.
 """
 
 from __future__ import annotations
@@ -23,27 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from recipes.common import RecipeError, atomic_dir
-from recipes.output_dir import (
-    RUN_CONTROL,
-    claim_output_dir,
-    commit_output_dir,
-    overwrite_output_dir_option,
-    resume_from_checkpoint_option,
-    run_fingerprint,
-)
 
 __all__ = [
-    "RUN_CONTROL",
-    "claim_output_dir",
-    "commit_output_dir",
     "fast_forward",
     "find_checkpoint",
     "load_checkpoint",
     "make_accelerator",
-    "overwrite_output_dir_option",
-    "resume_from_checkpoint_option",
     "resume_position",
-    "run_fingerprint",
     "save_checkpoint",
     "train_steps",
     "trainable_state_dict",

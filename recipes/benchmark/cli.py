@@ -20,9 +20,10 @@ from recipes.benchmark.report import machine, markdown, quant_table, targets
 from recipes.benchmark.settings import DEFAULT_METHODS, HEAVY, ROWS, Settings
 from recipes.benchmark.sweep import plot, run_sweep
 from recipes.notices import quiet_known_notices
+from sorth.cli.common import OneSpellingFormatter, TwoSpellingParser
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
+class _Help(OneSpellingFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default, except for on/off flags (whose default is their absence)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -31,7 +32,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def parse(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     summary = sys.modules[__package__].__doc__.split("\n\n")[0]  # the package's first paragraph
-    p = argparse.ArgumentParser(
+    p = TwoSpellingParser(  # --block-size and --block_size, as the recipes
         prog="python -m recipes.benchmark",
         description=summary,
         formatter_class=_Help,

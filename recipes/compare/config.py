@@ -9,17 +9,19 @@ from dataclasses import dataclass
 
 from recipes.common import option
 from recipes.compare.methods import COMPARED
+from recipes.options import OutputOptions
 
-__all__ = ["PAPER_TARGETS", "CompareConfig"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "PAPER_TARGETS", "CompareConfig"]
+
+DEFAULT_OUTPUT_DIR = "outputs/compare"  # an empty --output_dir
 
 PAPER_TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(OutputOptions):
     """Options of the comparison (defaults: the protocol of docs/evidence.md)."""
 
-    output_dir: str = option("outputs/compare", "Folder for cells, summary.json, table, plots.")
     parts: tuple[str, ...] = option(
         ("spam", "lipschitz"), "Which comparisons to run.", choices=("spam", "lipschitz")
     )

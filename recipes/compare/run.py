@@ -23,12 +23,12 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from recipes.common import RecipeError, atomic_file, cli, parse_config, save_json
-from recipes.compare.config import CompareConfig
+from recipes.compare.config import DEFAULT_OUTPUT_DIR, CompareConfig
 from recipes.compare.methods import COMPARED, fixed_sizes, match_budget
 from recipes.compare.report import (
     aggregate_lipschitz,
@@ -198,6 +198,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     if not cfg.lrs or not cfg.budgets or any(b < 1 for b in cfg.budgets):
         raise RecipeError("--lrs and --budgets need at least one positive value each")
     _pinned(cfg)  # a malformed --sizes fails here, before anything is written
+    cfg = replace(cfg, output_dir=cfg.output_dir or DEFAULT_OUTPUT_DIR)
     start, out = time.perf_counter(), Path(cfg.output_dir).expanduser()
     if "spam" in cfg.parts and not cfg.report_only:
         _run_spam(cfg, out)

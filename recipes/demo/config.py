@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from recipes.common import option
+from recipes.options import OutputOptions, OverwriteOptions, SeedOptions
 
-__all__ = ["SHORT_COMPARE", "SPAM_SIZES", "DemoConfig"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "SHORT_COMPARE", "SPAM_SIZES", "DemoConfig"]
+
+DEFAULT_OUTPUT_DIR = "outputs/demo"  # an empty --output_dir
 
 # method (a name of sorth.integrations.methods.METHODS) -> its size on MiniLM; similar budgets
 # (see the printed parameter counts)
@@ -30,10 +33,9 @@ SHORT_COMPARE: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(OutputOptions, OverwriteOptions, SeedOptions):
     """Options of the demo (the defaults are the main job; its duration: docs/recipes.md)."""
 
-    output_dir: str = option("outputs/demo", "Where adapters, metrics and curves.png go.")
     data_dir: str = option(
         "data/spam-assassin", "SpamAssassin corpus folder (see scripts/get_data.sh)."
     )
@@ -52,8 +54,3 @@ class DemoConfig:
     digits: bool = option(True, "Also train the GS-LipConvNet on the digits.")
     digits_epochs: int = option(4, "Epochs of the digits LipConvNet.", low=1)
     compare: bool = option(True, "Also run a short recipes.compare (see SHORT_COMPARE).")
-    seed: int = option(0, "Random seed.", low=0)
-    overwrite_output_dir: bool = option(
-        True,
-        "Replace the previous demo's runs in --output_dir (--no-overwrite_output_dir: refuse).",
-    )

@@ -10,22 +10,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recipes.common import option
-from recipes.output_dir import overwrite_output_dir_option, resume_from_checkpoint_option
+from recipes.options import (
+    BlockOptions,
+    OutputOptions,
+    OverwriteOptions,
+    ProgressOptions,
+    ResumeOptions,
+    SeedOptions,
+)
 from sorth.integrations.methods import METHODS
 
 __all__ = ["DreamBoothConfig"]
 
 
 @dataclass(frozen=True)
-class DreamBoothConfig:
+class DreamBoothConfig(
+    OutputOptions, OverwriteOptions, ResumeOptions, SeedOptions, ProgressOptions, BlockOptions
+):
     """Every option of the DreamBooth recipe (one ``--flag`` each)."""
 
     pretrained_model: str = option("", "Local diffusers Stable Diffusion folder (required).")
     instance_data_dir: str = option("", "Folder with the subject's photos (required).")
     instance_prompt: str = option("a photo of sks dog", "Prompt with the rare identifier.")
-    output_dir: str = option(
-        "", "Folder for the adapter, validation grids, checkpoints (required)."
-    )
     with_prior_preservation: bool = option(
         False, "Add the class-prior loss (needs --class_prompt)."
     )
@@ -39,11 +45,6 @@ class DreamBoothConfig:
     method: str = option(
         "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
     )
-    nblocks: int = option(
-        0, "Blocks r per orthogonal factor (0: 32 unless --block_size; paper: GSOFT 32/16/8, "
-        "Double 64/32/16).", low=0,
-    )  # fmt: skip
-    block_size: int = option(0, "Block size b instead of --nblocks (0: use --nblocks).", low=0)
     rank: int = option(4, "LoRA rank (paper: 4, 32, 128).", low=1)
     boft_factors: int = option(4, "peft_boft: butterfly factors m.", low=1)
     scale: bool = option(True, "sorth: learnable per-output scale.")
@@ -66,16 +67,12 @@ class DreamBoothConfig:
     mixed_precision: str = option(
         "no", "no, bf16 or fp16 (GPU); adapters stay fp32.", choices=("no", "bf16", "fp16")
     )
-    seed: int = option(0, "Random seed.", low=0)
     checkpointing_steps: int = option(
         500, "Save a resumable checkpoint every N steps (0: off).", low=0
     )
     checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
-    resume_from_checkpoint: str = resume_from_checkpoint_option()
-    overwrite_output_dir: bool = overwrite_output_dir_option("adapter, metrics, checkpoints, grids")
     validation_prompts: tuple[str, ...] = option((), "Prompts rendered every --validation_steps.")
     validation_steps: int = option(500, "Render validation grids every N steps (0: off).", low=0)
     num_validation_images: int = option(4, "Images per validation prompt.", low=1)
     inference_steps: int = option(25, "Sampler steps for validation and class images.", low=1)
     guidance_scale: float = option(7.0, "Classifier-free guidance scale.", low=0)
-    progress: bool = option(True, "Show tqdm progress bars.")

@@ -1,4 +1,5 @@
 """Generate per-prompt samples of a DreamBooth adapter and score them: CLIP-I, CLIP-T, DINO.
+Prompt i is sampled with seed ``--seed + i``.
 
 Metric definitions (DreamBooth, Ruiz et al. 2023), with
 ``norm(v) = v/‖v‖`` and the subject's real photos as references:
@@ -40,13 +41,18 @@ from recipes.common import (
 )
 from recipes.dreambooth.data import list_images
 from recipes.dreambooth.sampling import image_grid
+from recipes.options import OutputOptions, OverwriteOptions, SeedOptions
+from recipes.output_dir import claim_output_dir
 from sorth.integrations.diffusers import load_sorth_into_pipeline
 
 __all__ = ["EvalConfig", "clip_scores", "dino_score", "main", "run"]
 
 
+OUTPUTS = ("metrics.csv", "samples", "contact_sheet.png")
+
+
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(OutputOptions, OverwriteOptions, SeedOptions):
     """Every option of the DreamBooth evaluation (one ``--flag`` each)."""
 
     pretrained_model: str = option("", "Local diffusers Stable Diffusion folder (required).")
@@ -63,8 +69,6 @@ class EvalConfig:
     inference_steps: int = option(50, "Sampler steps (paper: DDIM 50).", low=1)
     guidance_scale: float = option(7.0, "Classifier-free guidance (paper: 7.0).", low=0)
     resolution: int = option(0, "Image side (0: the UNet's native size).", low=0)
-    seed: int = option(0, "Base seed; prompt i uses seed + i.", low=0)
-    output_dir: str = option("", "Where metrics.csv, samples/ and contact_sheet.png go (required).")
 
 
 def _embed(features: Any) -> Any:
@@ -178,6 +182,7 @@ def run(cfg: EvalConfig) -> list[dict[str, Any]]:
         Image.open(p).convert("RGB")
         for p in list_images(cfg.instance_data_dir, "--instance_data_dir")
     ]
+    claim_output_dir(cfg, OUTPUTS)  # an earlier evaluation there: only with --overwrite_output_dir
     scorers = _load_scorers(cfg)
     pipe = _pipeline(cfg)
     side = cfg.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from recipes.common import RecipeError, block_sizes, require_dir
+from recipes.common import RecipeError, require_dir
 from sorth.integrations.peft import make_peft_config
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def adapt_model(model: Any, cfg: DreamBoothConfig, targets: Sequence[str]) -> An
     try:
         peft_cfg = make_peft_config(
             cfg.method, list(targets),
-            **block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32)),
+            **cfg.block_sizes(cfg.method),
             rank=cfg.rank, boft_factors=cfg.boft_factors, scale=cfg.scale,
         )  # fmt: skip
         return get_peft_model(model, peft_cfg)

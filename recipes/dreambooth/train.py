@@ -33,7 +33,6 @@ from recipes.common import (
     RecipeError,
     StepTimer,
     atomic_dir,
-    block_sizes,
     cli,
     parse_config,
     require_options,
@@ -65,7 +64,7 @@ def _check(cfg: DreamBoothConfig) -> None:
         raise RecipeError(
             f"--resolution={cfg.resolution} is out of range: it must be a multiple of 8"
         )
-    block_sizes(cfg.block_size, cfg.nblocks, default=("nblocks", 32))
+    cfg.block_sizes(cfg.method)  # both set: refused before anything loads
 
 
 def _diffusion_loss(

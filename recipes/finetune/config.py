@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recipes.common import option
-from recipes.output_dir import overwrite_output_dir_option, resume_from_checkpoint_option
+from recipes.options import (
+    BlockOptions,
+    OutputOptions,
+    OverwriteOptions,
+    ProgressOptions,
+    ResumeOptions,
+    SeedOptions,
+)
 from sorth.integrations.methods import METHODS
 
 __all__ = ["METRICS", "FinetuneConfig"]
@@ -19,11 +26,12 @@ METRICS = ("auto", "accuracy", "f1", "matthews", "pearson", "loss")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(
+    OutputOptions, OverwriteOptions, ResumeOptions, SeedOptions, ProgressOptions, BlockOptions
+):
     """Every option of the finetune recipe (one ``--flag`` each)."""
 
     model: str = option("", "Local model folder or hub id (required).")
-    output_dir: str = option("", "Folder for the adapter, metrics and checkpoints (required).")
     task: str = option(
         "seq_cls", "seq_cls (GLUE-style) or causal_lm.", choices=("seq_cls", "causal_lm")
     )
@@ -42,12 +50,6 @@ class FinetuneConfig:
     max_length: int = option(128, "Truncate sequences to this many tokens.", low=8)
     method: str = option(
         "gsoft", "Adapter: a method of sorth.integrations.methods.", choices=tuple(METHODS)
-    )
-    block_size: int = option(
-        0, "Block size b (sorth, peft_oft, peft_boft; 0: 8 unless --nblocks).", low=0
-    )
-    nblocks: int = option(
-        0, "Number of blocks r instead of --block_size (sorth; 0: unused).", low=0
     )
     rank: int = option(8, "LoRA rank (HRA: reflections, RoAd: 1, 2 or 4, PSOFT: rank).", low=1)
     alpha: float = option(0.0, "LoRA alpha (0: equal to --rank).", low=0)
@@ -75,8 +77,6 @@ class FinetuneConfig:
         0, "Save a resumable checkpoint every N steps (0: off).", low=0
     )
     checkpoints_total_limit: int = option(2, "Keep at most this many checkpoints.", low=1)
-    resume_from_checkpoint: str = resume_from_checkpoint_option()
-    overwrite_output_dir: bool = overwrite_output_dir_option("its adapter, metrics and checkpoints")
     export_merged: bool = option(False, "Also save the merged model (zero inference overhead).")
     load_in_4bit: bool = option(False, "QGSOFT: bitsandbytes NF4 base (bf16 compute on GPU).")
     load_in_8bit: bool = option(False, "QGSOFT: bitsandbytes int8 (LLM.int8()) base.")
@@ -84,5 +84,3 @@ class FinetuneConfig:
     fsdp: bool = option(False, "Shard the base model with FSDP2 (under torchrun).")
     deepspeed: str = option("", "DeepSpeed config JSON, e.g. ZeRO-3 (under torchrun); empty: off.")
     activation_checkpointing: bool = option(False, "--fsdp: recompute block activations.")
-    seed: int = option(42, "Random seed (data order, head init).", low=0)
-    progress: bool = option(True, "Show tqdm progress bars.")

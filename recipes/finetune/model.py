@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from recipes.common import RecipeError, block_sizes, resolve_pretrained
+from recipes.common import RecipeError, resolve_pretrained
 from sorth.integrations.peft import make_peft_config
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def adapt_model(cfg: FinetuneConfig, model: Any) -> Any:
         peft_cfg = make_peft_config(
             cfg.method,
             _targets(cfg, model),
-            **block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8)),
+            **cfg.block_sizes(cfg.method),
             rank=cfg.rank,
             alpha=cfg.alpha or None,
             boft_factors=cfg.boft_factors,

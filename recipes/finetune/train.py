@@ -34,7 +34,6 @@ from recipes.common import (
     RecipeError,
     StepTimer,
     atomic_dir,
-    block_sizes,
     cli,
     parse_config,
     require_options,
@@ -66,7 +65,7 @@ def _check(cfg: FinetuneConfig) -> None:
     require_options(cfg, "model", "output_dir", "train_file")
     if cfg.task == "causal_lm" and cfg.metric not in {"auto", "loss"}:
         raise RecipeError(f"--metric={cfg.metric} does not apply to causal_lm; use loss")
-    block_sizes(cfg.block_size, cfg.nblocks, default=("block_size", 8))
+    cfg.block_sizes(cfg.method)  # both set: refused before anything loads
     if cfg.load_in_4bit and cfg.load_in_8bit:
         raise RecipeError("--load_in_4bit and --load_in_8bit exclude each other; pick one")
 

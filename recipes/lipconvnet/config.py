@@ -9,18 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recipes.common import option
-from recipes.output_dir import overwrite_output_dir_option, resume_from_checkpoint_option
+from recipes.options import (
+    OutputOptions,
+    OverwriteOptions,
+    ProgressOptions,
+    ResumeOptions,
+    SeedOptions,
+)
 
 __all__ = ["LipConvNetConfig"]
 
 
 @dataclass(frozen=True)
-class LipConvNetConfig:
+class LipConvNetConfig(
+    OutputOptions, OverwriteOptions, ResumeOptions, SeedOptions, ProgressOptions
+):
     """Every option of the LipConvNet recipe (one ``--flag`` each)."""
 
-    output_dir: str = option(
-        "", "Folder for the model, metrics, curves and checkpoints (required)."
-    )
     dataset: str = option(
         "cifar10",
         "cifar10, cifar100 (from --data_dir) or digits (bundled).",
@@ -57,7 +62,3 @@ class LipConvNetConfig:
     )
     eps: float = option(36 / 255, "ℓ2 radius for the certified accuracy.", low=0, low_open=True)
     checkpoints_total_limit: int = option(2, "Keep at most this many per-epoch checkpoints.", low=1)
-    resume_from_checkpoint: str = resume_from_checkpoint_option()
-    overwrite_output_dir: bool = overwrite_output_dir_option("model, metrics, curves, checkpoints")
-    seed: int = option(0, "Random seed.", low=0)
-    progress: bool = option(True, "Show tqdm progress bars.")

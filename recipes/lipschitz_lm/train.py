@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from recipes.common import RecipeError, atomic_file, cli, option, parse_config, save_json
-from recipes.output_dir import claim_output_dir, overwrite_output_dir_option
+from recipes.options import OutputOptions, OverwriteOptions, ProgressOptions, SeedOptions
+from recipes.output_dir import claim_output_dir
 
 __all__ = ["LMConfig", "build_model", "load_corpus", "main", "run", "sample_windows"]
 
@@ -33,10 +34,9 @@ DEFAULT_DATA = "data/shakespeare/complete_works.txt"
 
 
 @dataclass(frozen=True)
-class LMConfig:
+class LMConfig(OutputOptions, OverwriteOptions, SeedOptions, ProgressOptions):
     """Every option of the Lipschitz LM recipe (one ``--flag`` each)."""
 
-    output_dir: str = option("", "Folder for the model and metrics (required).")
     data_file: str = option(DEFAULT_DATA, "UTF-8 text (scripts/get_shakespeare.sh fetches it).")
     method: str = option(
         "gs", "baseline, spectral (capped + Muon) or gs.", choices=("baseline", "spectral", "gs")
@@ -65,9 +65,6 @@ class LMConfig:
     eval_every: int = option(200, "Validate every this many steps.", low=1)
     val_batches: int = option(20, "Validation batches per evaluation.", low=1)
     threads: int = option(1, "torch CPU threads.", low=1)
-    overwrite_output_dir: bool = overwrite_output_dir_option("model, metrics")
-    seed: int = option(0, "Random seed.", low=0)
-    progress: bool = option(True, "Print a line per evaluation.")
 
 
 def load_corpus(path: str | Path, split: float = 0.9) -> tuple[Any, Any, list[str]]:

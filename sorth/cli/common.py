@@ -1,4 +1,5 @@
-"""What every ``sorth`` command shares: the one-line error type, progress bars, path checks."""
+"""What every ``sorth`` command shares: the one-line error type, progress bars, path checks,
+and flags that parse in both spellings (``--block-size`` / ``--block_size``; the recipes' too)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ __all__ = [
     "EXIT_USAGE",
     "WEIGHTS_NAME",
     "CLIError",
+    "OneSpellingBooleanAction",
     "OneSpellingFormatter",
+    "TwoSpellingParser",
     "adapter_dirs",
     "flag_spellings",
     "natural_key",
@@ -55,16 +58,30 @@ def flag_spellings(flag: str) -> list[str]:
     return [flag] if other == name else [flag, f"--{other}"]
 
 
+def _one_spelling(options: Sequence[str]) -> list[str]:
+    """``options`` without the second spelling of any of them (:func:`flag_spellings`)."""
+    shown, seen = [], set()
+    for option in options:
+        if _canonical(option) not in seen:
+            seen.add(_canonical(option))
+            shown.append(option)
+    return shown
+
+
+class OneSpellingBooleanAction(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag`` whose usage line names one spelling (both parse)."""
+
+    def format_usage(self) -> str:
+        """``--flag | --no-flag``, the other spellings left out."""
+        return " | ".join(_one_spelling(self.option_strings))
+
+
 class OneSpellingFormatter(argparse.HelpFormatter):
     """Help that lists each flag once: a second spelling of a flag (:func:`flag_spellings`,
     ``--block_size`` beside ``--block-size``) parses but is not shown."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
-        shown, seen = [], set()
-        for option in action.option_strings:
-            if _canonical(option) not in seen:
-                seen.add(_canonical(option))
-                shown.append(option)
+        shown = _one_spelling(action.option_strings)
         if not shown or action.nargs == 0:
             return super()._format_action_invocation(action) if not shown else ", ".join(shown)
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
@@ -165,3 +182,13 @@ def adapter_dirs(adapter: Path, components: Sequence[str] | None) -> dict[str | 
             "unet/ or text_encoder/)"
         )
     return subs
+
+
+class TwoSpellingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose every ``--flag`` also parses in its other spelling
+    (:func:`flag_spellings`); help shows the one declared (:class:`OneSpellingFormatter`)."""
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        """``ArgumentParser.add_argument`` with each long flag's other spelling added."""
+        spelled = [s for n in names for s in (flag_spellings(n) if n.startswith("--") else [n])]
+        return super().add_argument(*spelled, **kwargs)

@@ -21,9 +21,10 @@ peft_road         ``RoadConfig(variant=f"road_{rank}")``                        
 peft_psoft        ``PsoftConfig(r=rank, psoft_alpha=alpha or rank)``            rank, alpha
 ================  ============================================================  ===============
 
-``peft_oft`` is PEFT's OFT with the exact Cayley map, like sorth's default ``method="cayley"``
-(PEFT 0.21's own default is the truncated Cayley–Neumann series: ``peft_oft_neumann``). This
-module imports nothing heavy; PEFT is imported when a PEFT config is built.
+``peft_oft`` is PEFT's OFT with the exact Cayley map, like sorth's default
+``orthogonal_map="cayley"`` (PEFT 0.21's own default is the truncated Cayley–Neumann series:
+``peft_oft_neumann``). This module imports nothing heavy; PEFT is imported when a PEFT config
+is built.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def make_peft_config(
     Args:
         method: a key of :data:`METHODS`.
         target_modules: module-name suffixes (list) or a regex (str).
-        block_size, nblocks: block size ``b`` or number of blocks ``r`` (sorth: exactly one;
+        block_size, nblocks: block size ``b`` or number of blocks ``r`` (sorth: at most one;
+            neither gives each layer the default of :func:`sorth.sizing.default_block_size`;
             PEFT OFT/BOFT: ``block_size``).
         rank, alpha: LoRA rank and alpha (``alpha`` defaults to ``rank``); HRA's number of
             reflections; RoAd's variant (1, 2 or 4); PSOFT's rank and alpha.
@@ -172,8 +174,11 @@ def make_peft_config(
     if m.library == "sorth":
         from sorth import SOrthConfig  # registers sorth with PEFT
 
-        if (block_size is None) == (nblocks is None):
-            raise ValueError(f"method {method!r} needs exactly one of block_size or nblocks")
+        if block_size is not None and nblocks is not None:
+            raise ValueError(
+                f"method {method!r} takes block_size or nblocks, not both (b = n / r); neither: "
+                "each layer's default size"
+            )
         return SOrthConfig(
             **common, block_size=block_size, nblocks=nblocks, scale=scale, module_dropout=dropout,
             **overrides,

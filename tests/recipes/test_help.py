@@ -87,3 +87,83 @@ def test_sorth_command_help(command: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(f"usage: sorth{' ' + command[0] if command else ''}")
     assert not undocumented(proc.stdout), f"flags without a help text: {undocumented(proc.stdout)}"
+
+
+# the recipes whose options are a dataclass (recipes.common.parse_config); the shared ones come
+# from recipes.options
+DATACLASS_RECIPES = [
+    m for m in RECIPES if m not in {"recipes.benchmark", "recipes.benchmark.gpu_check"}
+]
+
+
+def _common_block(help_text: str) -> dict[str, str]:
+    """``{flag: its help entry}`` of the "common options" block of a recipe's ``--help``."""
+    block = help_text.split("common options (the same in every recipe):\n", 1)
+    if len(block) == 1:
+        return {}
+    entries: dict[str, str] = {}
+    flag = None
+    for line in block[1].splitlines():
+        if not line.startswith("  "):
+            break
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = line
+        elif flag is not None:
+            entries[flag] += "\n" + line
+    return entries
+
+
+def test_every_recipe_lists_the_shared_options_the_same_way() -> None:
+    """One block of common options: each shared flag's help entry is the same text in every
+    recipe that takes it (one default, one help; ``recipes.options``), and the flags each
+    recipe shares include the ones it must (output folder, seed, progress, sizes, ...)."""
+    blocks = {m: _common_block(_help("-m", m).stdout) for m in DATACLASS_RECIPES}
+    expected = {
+        "recipes.finetune.train": {"--output_dir", "--overwrite_output_dir",
+                                   "--resume_from_checkpoint", "--seed", "--progress",
+                                   "--block_size", "--nblocks"},
+        "recipes.dreambooth.train": {"--output_dir", "--overwrite_output_dir",
+                                     "--resume_from_checkpoint", "--seed", "--progress",
+                                     "--block_size", "--nblocks"},
+        "recipes.lipconvnet.train": {"--output_dir", "--overwrite_output_dir",
+                                     "--resume_from_checkpoint", "--seed", "--progress"},
+        "recipes.demo": {"--output_dir", "--overwrite_output_dir", "--seed"},
+        "recipes.compare": {"--output_dir"},
+        "recipes.dreambooth.evaluate": {"--output_dir", "--overwrite_output_dir", "--seed"},
+    }  # fmt: skip
+    for module, flags in expected.items():
+        assert flags <= set(blocks[module]), (module, sorted(blocks[module]))
+    seen: dict[str, tuple[str, str]] = {}
+    for module, block in blocks.items():
+        for flag, entry in block.items():
+            first = seen.setdefault(flag, (module, entry))
+            assert entry == first[1], f"{flag}: {module} and {first[0]} differ"
+    finetune = _help("-m", "recipes.finetune.train").stdout
+    assert "--block_size" in finetune
+    assert "--block-size" not in finetune  # both spellings parse; help shows one
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "value"),
+    [(["--block-size", "8"], "block_size", 8), (["--block_size", "8"], "block_size", 8),
+     (["--no-progress"], "progress", False), (["--max-steps", "3"], "max_steps", 3),
+     (["--overwrite-output-dir"], "overwrite_output_dir", True)],
+)  # fmt: skip
+def test_both_flag_spellings_parse(argv: list[str], field: str, value: object) -> None:
+    from recipes.common import parse_config
+    from recipes.finetune.config import FinetuneConfig
+
+    cfg = parse_config(FinetuneConfig, argv, "x")
+    assert getattr(cfg, field) == value
+
+
+def test_sorth_plot_and_benchmark_take_both_spellings() -> None:
+    from recipes.benchmark.cli import parse
+
+    _, ns = parse(["--block_size", "16", "--lora_r", "4"])
+    assert (ns.block_size, ns.lora_r) == (16, 4)
+    from sorth.cli import _parser
+
+    args = _parser().parse_args(["plot", "--n", "16", "--block_size", "4", "--out", "x.png"])
+    assert args.block_size == 4
