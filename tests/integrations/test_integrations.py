@@ -67,8 +67,10 @@ def test_every_program_uses_the_registry():
 def test_make_peft_config_errors():
     with pytest.raises(ValueError, match="method='dora' is not one of gsoft"):
         make_peft_config("dora", ["q_proj"], block_size=8)
-    with pytest.raises(ValueError, match="exactly one of block_size or nblocks"):
+    with pytest.raises(ValueError, match="block_size or nblocks, not both"):
         make_peft_config("gsoft", ["q_proj"], block_size=8, nblocks=4)
+    cfg = make_peft_config("gsoft", ["q_proj"])  # neither: each layer's default size
+    assert (cfg.block_size, cfg.nblocks) == (None, None)
     with pytest.raises(ValueError, match="needs block_size"):
         make_peft_config("peft_oft", ["q_proj"])
     with pytest.raises(ValueError, match="rank 1, 2 or 4"):
