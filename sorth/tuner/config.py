@@ -71,7 +71,9 @@ class SOrthConfig(PeftConfig):
             layer gets the smallest divisor ``b`` of its size ``n`` with ``b ≥ √n``
             (:func:`sorth.sizing.default_block_size`: 768 → 32, 10 → 5, a prime → one dense
             block), the cheapest size whose two-factor GS matrix is dense (``b ≥ r``, Theorem
-            2); the config keeps ``None``, so a reload applies the same rule.
+            2); the config keeps ``None``, so a reload applies the same rule. A size ``n ≥ 256``
+            whose rule gives blocks over 4× the ``√n`` block (a prime such as 1031) is refused
+            in one line naming the fixes; a saved adapter still loads for inference.
         structure (str): the orthogonal matrix ``A``: ``"gs"`` (``Pᵀ L P R``, GSOFT),
             ``"oft"`` (block-diagonal), ``"butterfly"`` (BOFT's block butterfly, ``n_factors``
             factors) or ``"monarch"`` (``P L Pᵀ R``). Default ``"gs"``.

@@ -66,6 +66,8 @@ def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> 
     block_size, nblocks = config.block_size, config.nblocks
     if block_size is None and nblocks is None:
         block_size = default_block_size(n)
+        if not getattr(config, "inference_mode", False):
+            _check_default_budget(n, block_size)
     rotation = GSOrthogonal(
         n,
         nblocks=nblocks,
@@ -90,6 +92,31 @@ def _rotation(n: int, config: Any, device: torch.device | str | None = None) -> 
             f"constant 1, so this rotation has no trainable parameter; {hint}."
         )
     return rotation
+
+
+# Note [default size budget]: the default rule aims at b ≈ √n (``(b − 1) · n`` parameters per
+# factor pair). A size with no divisor near √n (a prime such as 1031, or 2 · 1031) gets one or two
+# dense blocks instead: 33× the parameters of n = 1024 and a much slower step. Such a default is
+# refused (when the adapter is created; a saved adapter still loads for inference) once its
+# blocks are over SLACK times the √n block and n is at least MIN_N (below that a dense block is
+# cheap); an explicit block_size / nblocks is always kept.
+_DEFAULT_BUDGET_SLACK = 4
+_DEFAULT_BUDGET_MIN_N = 256
+
+
+def _check_default_budget(n: int, block_size: int) -> None:
+    """Refuse the default ``block_size`` of a side of size ``n`` far above ``√n``
+    (Note [default size budget])."""
+    root = math.isqrt(n - 1) + 1  # ⌈√n⌉
+    if n < _DEFAULT_BUDGET_MIN_N or block_size - 1 <= _DEFAULT_BUDGET_SLACK * (root - 1):
+        return
+    raise BlockSizeError(
+        f"the default block size of a side of size n={n} is b={block_size} ({n} has no divisor "
+        f"near √n ≈ {root}: blocks of {block_size} × {block_size}, about "
+        f"{(block_size - 1) // (root - 1)}× the parameters of the rule's √n blocks); leave this "
+        "module out (exclude_modules), adapt only its other side (side='input' / 'output'), "
+        f"or pass block_size / nblocks explicitly (block_size={block_size} keeps the dense block)."
+    )
 
 
 class SOrthLayer(ActivationForward, WeightMerge, BaseTunerLayer):

@@ -348,3 +348,28 @@ def test_unmerge_inverts_a_merged_weight_that_was_changed() -> None:
         layer._apply_to_weight(W, "default", False) + 1, "default", True
     ).float()
     torch.testing.assert_close(layer.get_base_weight(), expected, **F32)
+
+
+@pytest.mark.parametrize("n", [1031, 2 * 1031])
+def test_default_size_without_a_divisor_near_sqrt_n_is_refused(n: int, tmp_path) -> None:
+    # issue 26: width 1031 got one dense 1031 x 1031 block (33x the parameters of 1024), silently
+    base = nn.Sequential(nn.Linear(n, 8))
+    with pytest.raises(
+        BlockSizeError, match=rf"default block size of a side of size n={n} .*exclude_modules"
+    ):
+        get_peft_model(base, SOrthConfig(target_modules=["0"]))
+    # an explicit size keeps the dense block; the adapter saved so still loads with the default
+    model = get_peft_model(
+        nn.Sequential(nn.Linear(n, 8)),
+        SOrthConfig(target_modules=["0"], block_size=default_block_size(n)),
+    )
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    saved["block_size"] = None
+    (tmp_path / "adapter_config.json").write_text(json.dumps(saved))
+    PeftModel.from_pretrained(nn.Sequential(nn.Linear(n, 8)), tmp_path)
+
+
+def test_default_size_keeps_small_and_well_divisible_widths() -> None:
+    for n in (251, 1024, 1030):  # a small prime (cheap dense block), 32 x 32, 1030 = 2*5*103
+        get_peft_model(nn.Sequential(nn.Linear(n, 8)), SOrthConfig(target_modules=["0"]))
