@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from sorth.errors import SOrthValueError
 from sorth.integrations._extras import require
 from sorth.integrations.peft import load_adapter
 
@@ -90,7 +91,7 @@ def from_adapter(
 
     Raises:
         FileNotFoundError: no ``adapter_config.json`` in ``adapter_dir``.
-        ValueError: unknown ``task``.
+        ValueError: unknown ``task``; no ``base_model`` given and none recorded in the config.
     """
     import transformers
 
@@ -100,7 +101,12 @@ def from_adapter(
         raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: not an adapter folder")
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not one of {sorted(TASKS)}")
-    base = base_model or json.loads(config_file.read_text())["base_model_name_or_path"]
+    base = base_model or json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise SOrthValueError(
+            f"{config_file} records no base model (base_model_name_or_path is null: the base "
+            "was built in memory, not loaded from a folder); pass base_model=PATH"
+        )
     if task == "seq_cls" and "num_labels" not in model_kwargs:
         head = (
             json.loads((Path(base) / "config.json").read_text())

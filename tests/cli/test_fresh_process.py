@@ -158,3 +158,27 @@ def test_the_hook_leaves_once_peft_is_imported(tmp_path: Path) -> None:
     got = _fresh(code, cwd=tmp_path)
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip() == "ok"
+
+
+def test_from_adapter_without_a_recorded_base_is_one_line(
+    tmp_path: Path, adapter_dir: Path
+) -> None:
+    # an adapter on a base built in memory records base_model_name_or_path = null: from_adapter
+    # asked the hub for a model called "None" (retries, then a traceback) instead of one line
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = None
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    code = """
+        import sys
+        from sorth.integrations.transformers import from_adapter
+        try:
+            from_adapter(sys.argv[1], task="causal_lm")
+        except ValueError as err:
+            print("refused:", err)
+    """
+    got = _fresh(code, str(folder), cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert "records no base model" in got.stdout
+    assert "pass base_model=PATH" in got.stdout
