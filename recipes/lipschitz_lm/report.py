@@ -26,7 +26,7 @@ from recipes.common import RecipeError, atomic_file, cli, option, parse_config, 
 
 __all__ = ["ReportConfig", "attack_ratio", "main", "markdown", "summarize"]
 
-METHODS = {"baseline": "unconstrained (dense, AdamW)", "spectral": "spectral cap (Muon, hard cap)",
+LABELS = {"baseline": "unconstrained (dense, AdamW)", "spectral": "spectral cap (Muon, hard cap)",
            "gs": "GS-orthogonal (AdamW)"}  # fmt: skip
 
 
@@ -151,7 +151,7 @@ def markdown(summary: dict[str, Any]) -> str:
     for r in summary["rows"]:
         target = "—" if r["target_bound"] is None else f"{r['target_bound']:g}"
         lines.append(
-            f"| {METHODS[r['method']]} | {target} | {r['loss_scale']:g} | "
+            f"| {LABELS[r['method']]} | {target} | {r['loss_scale']:g} | "
             f"{100 * r['val_accuracy_mean']:.1f} ± {100 * r['val_accuracy_std']:.1f} % | "
             f"{r['certified_bound_max']:.4g} | {r['empirical_over_certified_max']:.3g} | "
             f"{r['parameters']:,} | {r['seconds_per_step_mean']:.3f} |"

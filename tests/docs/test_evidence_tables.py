@@ -48,3 +48,22 @@ def test_summary_table_marks_missing_and_incomplete_rows() -> None:
     assert row_a.startswith("| A |")
     assert "(incomplete)" in row_a
     assert row_a.endswith("| – | – |")
+
+
+def test_lipschitz_lm_table_is_generated_from_the_committed_summary() -> None:
+    """docs/measurements/lipschitz_lm.md (included into the concept page) is what
+    ``recipes.lipschitz_lm.report`` renders from the committed JSON, and no attack found a
+    ratio above the certificate."""
+    from recipes.lipschitz_lm.report import markdown as lm_markdown
+
+    measured = ROOT / "docs" / "measurements"
+    summary = json.loads((measured / "lipschitz_lm.json").read_text())
+    assert (measured / "lipschitz_lm.md").read_text() == lm_markdown(summary)
+    page = (ROOT / "docs" / "concepts" / "lipschitz-transformers.md").read_text()
+    assert '--8<-- "docs/measurements/lipschitz_lm.md"' in page
+    assert summary["worst_empirical_over_certified"] <= 1.0
+    assert len(summary["runs"]) == 15
+    assert {(r["method"], r["target_bound"], r["seeds"]) for r in summary["rows"]} == {
+        ("baseline", None, 3), ("spectral", 2, 3), ("spectral", 10, 3), ("gs", 2, 3),
+        ("gs", 10, 3),
+    }  # fmt: skip

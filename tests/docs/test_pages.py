@@ -23,6 +23,8 @@ def test_nav_lists_every_page() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").rglob("*.md")}
     pages.discard("README.md")
+    # generated tables, included into pages with --8<-- (mkdocs.yml excludes them as pages)
+    pages -= {p for p in pages if p.startswith("measurements/")}
     missing = [p for p in pages if p not in nav]
     assert not missing, f"pages not in mkdocs.yml nav: {missing}"
     assert "--strict" in (ROOT / "Makefile").read_text()

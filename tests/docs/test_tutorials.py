@@ -24,7 +24,7 @@ def _load(name: str) -> ModuleType:
 
 def test_every_tutorial_has_a_page_and_a_test() -> None:
     scripts = {p.stem for p in TUTORIALS.glob("*.py")}
-    assert scripts == {"llm_finetuning", "dreambooth", "lipschitz_cnn"}
+    assert scripts == {"llm_finetuning", "dreambooth", "lipschitz_cnn", "lipschitz_transformer"}
     pages = "\n".join(p.read_text() for p in TUTORIALS.glob("*.md"))
     for name in scripts:
         assert f'--8<-- "docs/tutorials/{name}.py"' in pages
@@ -64,3 +64,13 @@ def test_lipschitz_cnn() -> None:
     assert 1.0 <= out["lipschitz_bound"] <= 1.0 + 1e-4
     assert 0.9 < out["lipschitz_estimate"] <= out["lipschitz_bound"]
     assert 0.0 <= out["certified"] <= out["clean"] <= 1.0
+
+
+@pytest.mark.slow
+def test_lipschitz_transformer() -> None:
+    args = ["--steps", "30", "--attack-steps", "20", "--jasmin-steps", "4"]
+    out = _load("lipschitz_transformer").main(args)
+    assert out["bound"] == pytest.approx(2.0, rel=1e-6)  # GS layers: calibrated, fixed
+    assert out["loss_last"] < out["loss_first"]
+    assert 0.0 < out["attack"] <= out["bound_l2"]  # no attack beats the certificate
+    assert out["jasmin_last"] < out["jasmin_first"]  # the regulariser lowers the local bounds
