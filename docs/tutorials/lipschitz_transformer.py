@@ -107,7 +107,8 @@ def jasmin(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:  # a tiny Llama (RoPE, grouped queries)
         base = AutoModelForCausalLM.from_pretrained(
-            tiny_llama(folder), attn_implementation="eager"  # eager returns the probabilities
+            tiny_llama(folder),
+            attn_implementation="eager",  # eager returns the probabilities
         )
     config = sorth.SOrthConfig(target_modules=["q_proj", "k_proj"], block_size=8)
     model = get_peft_model(base, config)
