@@ -5,7 +5,8 @@
   heavy library in any import statement, and ruff's banned-api rule is relaxed only for those.
 * A missing optional dependency is one ``ImportError`` naming the extra to install.
 * No ``sys.path`` edits in ``sorth/``, ``recipes/`` or ``tests/``; the top-level
-  ``integrations/`` folder is not a package and has no sub-folder named like a framework.
+  ``compat/`` folder (the compatibility suites) is not a package and has no sub-folder named
+  like a framework.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def test_no_sys_path_edits() -> None:
     assert [e for p in files for e in edits(p)] == []
 
 
-def test_top_level_integrations_is_not_a_package() -> None:
-    folder = ROOT / "integrations"
+def test_top_level_compat_is_not_a_package() -> None:
+    folder = ROOT / "compat"
+    assert not (ROOT / "integrations").exists()  # one folder of that name: sorth/integrations
     assert (folder / "README.md").is_file()
     assert not (folder / "__init__.py").exists()
     shadowing = [p.name for p in folder.iterdir() if p.name.removesuffix(".py") in HEAVY]

@@ -27,7 +27,7 @@ FORBIDDEN = re.compile(
 
 def _public_pages() -> list[Path]:
     pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "recipes" / "README.md"]
-    pages += sorted((ROOT / "integrations").rglob("*.md"))
+    pages += sorted((ROOT / "compat").rglob("*.md"))
     return pages + sorted(p for p in (ROOT / "docs").rglob("*") if p.suffix in (".md", ".py"))
 
 

@@ -1,7 +1,7 @@
 """Regression tests for the defects PEFT's generic suite found (issue 12) and for merge/unmerge
 state safety (issue 14: monarch + Neumann unmerge, Embedding(max_norm) merges).
 
-Each test fails on the code before the fix; PEFT's own suite runs in integrations/peft_suite/.
+Each test fails on the code before the fix; PEFT's own suite runs in compat/peft_suite/.
 """
 
 from __future__ import annotations

@@ -5,5 +5,5 @@
 files come from the sdist of the installed PEFT version, fetched by pip into
 ``build/peft-tests/`` on first use and never committed (:mod:`.sdist`).
 
-Run: ``python -m pytest integrations/peft_suite`` (part of ``make test``).
+Run: ``python -m pytest compat/peft_suite`` (part of ``make test``).
 """

@@ -8,7 +8,7 @@ which then builds ``SOrthConfig(target_modules=...)`` with the default size) run
 sorth's rows instead (:mod:`.cases`); its body is PEFT's, unchanged. Tests written for one
 other method (``test_requires_grad_lora_*``, LoRA's ``add_weighted_adapter``, ...) are not
 collected. Deliberate differences from PEFT are in :data:`DIFFERENCES`. Rows outside
-:data:`~integrations.peft_suite.cases.FAST_CASES` are marked ``slow``.
+:data:`~compat.peft_suite.cases.FAST_CASES` are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import pytest
 import torch
 
 import sorth.tuner  # noqa: F401 - registers PeftType.SORTH
-from integrations.peft_suite.cases import (
+from compat.peft_suite.cases import (
     EXTRA_MODELS,
     FAST_CASES,
     MULTIPLE_ACTIVE_CASES,
     SORTH_CASES,
 )
-from integrations.peft_suite.sdist import SdistUnavailableError, load_peft_tests
+from compat.peft_suite.sdist import SdistUnavailableError, load_peft_tests
 from sorth.tuner import SOrthConfig
 
 try:
@@ -57,7 +57,7 @@ DIFFERENCES: dict[tuple[str, str], str] = {
 
 
 class _Models(tcm.MockTransformerWrapper):
-    """PEFT's test models plus :data:`~integrations.peft_suite.cases.EXTRA_MODELS`."""
+    """PEFT's test models plus :data:`~compat.peft_suite.cases.EXTRA_MODELS`."""
 
     @classmethod
     def from_pretrained(cls, model_id, dtype=None):
