@@ -1,6 +1,6 @@
 """Train a character-level Lipschitz transformer (sorth.nn.LipschitzTransformer) and certify it.
 
-Three methods: ``baseline`` (dense, unconstrained, AdamW), ``spectral`` (the anchor's scheme:
+Three methods: ``baseline`` (dense, unconstrained, AdamW), ``spectral`` (Newhouse et al.'s scheme:
 dense weights capped at ``σ_max ≤ max_norm`` after every Muon step, Newhouse et al. 2025) and
 ``gs`` (GS-orthogonal weights, exact by construction, AdamW on the generators). For ``spectral``
 and ``gs`` the fixed output scale is set so the certified bound (``norm="both"``) is

@@ -1,7 +1,7 @@
 """Causal self-attention with a certified Lipschitz bound: ``(B, T, d) -> (B, T, d)``.
 
 Dimension letters: ``B`` batch, ``T`` sequence length, ``d`` width, ``H`` heads, ``d_h = d/H``.
-Both layers output ``W_O · c · [o¹; …; o^H]`` (``c`` = ``output_scale``, 1/3 in the anchor) and
+Both layers output ``W_O · c · [o¹; …; o^H]`` (``c`` = ``output_scale``, 1/3 in Newhouse et al.) and
 report :class:`BlockBound` from their *actual* weights (:meth:`bound`):
 
 * :class:`DotProductAttention` (Newhouse et al. 2025): ``oʰᵢ = Σ_{j≤i} Pʰᵢⱼ vʰⱼ``, ``Pʰ = causal
@@ -160,7 +160,7 @@ class _Attention(nn.Module):
 
 
 class DotProductAttention(_Attention):
-    """The anchor's causal attention ``W_O · c · softmax(s·QKᵀ/d_h) V``: ``(B, T, d) -> same``.
+    """Newhouse et al.'s causal attention ``W_O · c · softmax(s·QKᵀ/d_h) V``: ``(B, T, d) -> same``.
 
     Args:
         dim, heads: width and number of heads (``d_h = dim/heads``).

@@ -7,8 +7,8 @@
   never an estimate from below (power iteration approaches ``σ_max`` from below, so it is not
   used for certificates).
 * :class:`SpectralLinear`: ``nn.Linear`` whose weight is kept at ``σ_max ≤ max_norm`` by
-  :meth:`SpectralLinear.project_`, called after every optimiser step (the anchor's "project after
-  every step" scheme, Newhouse et al. 2025, arXiv 2507.13338). Three projections:
+  :meth:`SpectralLinear.project_`, called after every optimiser step (the "project after every
+  step" scheme of Newhouse et al. 2025, arXiv 2507.13338). Three projections:
 
   ============  =================================================================================
   constraint    ``W ← …`` (``σ_i`` the singular values, ``w = max_norm``)

@@ -91,7 +91,13 @@ SEARCH_JS = r"""
 """
 
 
-MD_PAGES = sorted(p for p in DOCS.rglob("*.md") if p.name != "README.md")
+# the site's pages: every docs/*.md but README.md and the generated measurement tables, which
+# mkdocs.yml's exclude_docs keeps out of the site (they are included into other pages)
+MD_PAGES = sorted(
+    p
+    for p in DOCS.rglob("*.md")
+    if p.name != "README.md" and p.relative_to(DOCS).parts[0] != "measurements"
+)
 
 
 def _page(md: Path, crawl: dict[str, PageLoad]) -> str:
