@@ -24,9 +24,25 @@ BNB_LOGGER, BNB_MESSAGE = KNOWN_LOG_NOTICES[0]
 WARNING_LINE = re.compile(r"Warning\b|\bWARNING\b|Failed to load", re.IGNORECASE)
 
 
-def test_the_known_notices_are_dropped_and_nothing_else(caplog: pytest.LogCaptureFixture) -> None:
+class _Records(logging.Handler):
+    """Collects the records one logger handles (caplog sees only those that propagate to the
+    root, and DeepSpeed, once imported, stops its logger propagating)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_the_known_notices_are_dropped_and_nothing_else() -> None:
     logger = logging.getLogger(BNB_LOGGER)
-    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
+    records = _Records()
+    loggers = [logger, logging.getLogger("DeepSpeed")]
+    for log in loggers:
+        log.addHandler(records)
+    with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with quiet_known_notices():
             logger.warning(BNB_MESSAGE + ": %s. Please make sure ...", "No module named 'kernels'")
@@ -39,7 +55,9 @@ def test_the_known_notices_are_dropped_and_nothing_else(caplog: pytest.LogCaptur
             )
             deepspeed.warning("another DeepSpeed warning")
         logger.warning(BNB_MESSAGE + ": after the block")  # the filter is gone again
-    assert [r.getMessage() for r in caplog.records] == [
+    for log in loggers:
+        log.removeHandler(records)
+    assert [r.getMessage() for r in records.records] == [
         "another bitsandbytes warning",
         "another DeepSpeed warning",
         BNB_MESSAGE + ": after the block",
