@@ -66,6 +66,8 @@ def claim_output_dir(cfg: Any, outputs: Sequence[str], *, write: bool = True) ->
     options differ (named in the message). With ``--overwrite_output_dir`` the old outputs are
     removed (other files in the folder are kept). Writes ``run.json`` when ``write``.
     """
+    if not cfg.output_dir:  # "" would be the current folder: never written into by default
+        raise RecipeError("--output_dir is required (see --help)")
     out = Path(cfg.output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise RecipeError(f"--output_dir '{cfg.output_dir}' is a file; pass a folder")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from recipes.common import atomic_file, cli, parse_config, save_json, save_png
-from recipes.demo.config import SHORT_COMPARE, SPAM_SIZES, DemoConfig
+from recipes.demo.config import DEFAULT_OUTPUT_DIR, SHORT_COMPARE, SPAM_SIZES, DemoConfig
 from recipes.finetune.config import FinetuneConfig
 from recipes.finetune.train import run as run_finetune
 from recipes.spam import GET_DATA, load_spam_assassin, minilm_dir, split_balanced
@@ -176,6 +176,7 @@ def _report(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the demo and print what it did."""
     cfg = parse_config(DemoConfig, argv, __doc__.split("\n\n")[0], prog="python -m recipes.demo")
+    cfg = replace(cfg, output_dir=cfg.output_dir or DEFAULT_OUTPUT_DIR)
     start, out = time.perf_counter(), Path(cfg.output_dir).expanduser()
     spam = _spam(cfg, out)
     merge_diff = None

@@ -74,3 +74,42 @@ def test_demo_short_run_on_real_data(tmp_path):
         summary["digits"]["history"][-1]["certified_accuracy"]
         <= summary["digits"]["history"][-1]["accuracy"]
     )
+
+
+def test_demo_without_output_dir_writes_under_outputs_demo(monkeypatch, tmp_path):
+    """Regression: with the shared ``--output_dir`` (default empty) the demo wrote its adapters,
+    data and summary straight into the current folder (the repository root under ``make demo``)
+    instead of ``outputs/demo``."""
+    from recipes.demo import run as demo_run
+
+    class ReachedError(Exception):
+        pass
+
+    def stop(cfg, out):
+        raise ReachedError(out)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(demo_run, "_spam", stop)
+    with pytest.raises(ReachedError) as reached:
+        demo_run.main(["--no-digits", "--no-compare"])
+    assert reached.value.args[0] == Path("outputs/demo")
+
+
+def test_an_empty_output_dir_is_never_claimed(tmp_path, monkeypatch):
+    """The output-folder policy refuses an empty ``--output_dir`` (the current folder) in one
+    line, before anything is written or moved aside."""
+    from dataclasses import dataclass
+
+    from recipes.options import OutputOptions, OverwriteOptions
+    from recipes.output_dir import claim_output_dir
+
+    @dataclass(frozen=True)
+    class Cfg(OutputOptions, OverwriteOptions):
+        pass
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(RecipeError, match="--output_dir is required"):
+        claim_output_dir(Cfg(output_dir="", overwrite_output_dir=True), ["metrics.json"])
+    assert (tmp_path / "metrics.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
