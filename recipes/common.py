@@ -125,11 +125,12 @@ def parse_config(
         prog=prog or _prog(cls), description=description, formatter_class=_HelpFormatter
     )
     shared = parser.add_argument_group("common options (the same in every recipe)")
-    own = parser  # its own options: argparse's "options" group
     hints = typing.get_type_hints(cls)
     # the shared options in the order recipes.options declares them, then the recipe's own
-    fields = sorted(dataclasses.fields(cls), key=lambda f: f.metadata.get("common") or 1e9)
-    for f in fields:
+    order = sorted(
+        dataclasses.fields(cls), key=lambda f: (not f.metadata["common"], f.metadata["common"])
+    )
+    for f in order:
         kind, extra = _argparse_type(hints[f.name])
         helptext = f.metadata["help"].replace("%", "%%")  # argparse %-formats help strings
         kwargs: dict[str, Any] = {"default": f.default, "help": helptext, **extra}
@@ -137,7 +138,7 @@ def parse_config(
             kwargs["type"] = kind
         if f.metadata.get("choices") is not None:
             kwargs["choices"] = f.metadata["choices"]
-        group = shared if f.metadata.get("common") else own
+        group = shared if f.metadata["common"] else parser  # the recipe's own: "options"
         group.add_argument(*flag_spellings(f"--{f.name}"), **kwargs)
     ns = vars(parser.parse_args(argv))
     for f in dataclasses.fields(cls):

@@ -36,11 +36,10 @@ __all__ = [
     "ProgressOptions",
     "ResumeOptions",
     "SeedOptions",
-    "common_option",
 ]
 
 
-def common_option(default: Any, help: str, **checks: Any) -> Any:
+def _shared(default: Any, help: str, **checks: Any) -> Any:
     """:func:`recipes.common.option` of a shared field: shown under "common options"."""
     return option(default, help, common=True, **checks)
 
@@ -49,7 +48,7 @@ def common_option(default: Any, help: str, **checks: Any) -> Any:
 class OutputOptions:
     """Where a run writes."""
 
-    output_dir: str = common_option(
+    output_dir: str = _shared(
         "", "Folder the run writes into (the demo and the comparison: outputs/<name> if empty)."
     )
 
@@ -59,7 +58,7 @@ class OverwriteOptions:
     """Whether a run may replace a run already in its folder (the policy:
     :mod:`recipes.output_dir`)."""
 
-    overwrite_output_dir: bool = common_option(
+    overwrite_output_dir: bool = _shared(
         False,
         "Replace the run already in --output_dir: its outputs are moved aside, then deleted "
         "(links are unlinked, never followed); without it such a folder is refused.",
@@ -70,7 +69,7 @@ class OverwriteOptions:
 class ResumeOptions:
     """Continuing an interrupted run from one of its checkpoints."""
 
-    resume_from_checkpoint: str = common_option(
+    resume_from_checkpoint: str = _shared(
         "", "'latest' or a checkpoint folder to resume from (same options as the run)."
     )
 
@@ -79,14 +78,14 @@ class ResumeOptions:
 class SeedOptions:
     """The one random seed of a run."""
 
-    seed: int = common_option(0, "Random seed.", low=0)
+    seed: int = _shared(0, "Random seed.", low=0)
 
 
 @dataclass(frozen=True)
 class ProgressOptions:
     """Progress bars."""
 
-    progress: bool = common_option(
+    progress: bool = _shared(
         True, "Progress bars: tqdm's and the libraries' model-loading bars (--no-progress: none)."
     )
 
@@ -95,13 +94,13 @@ class ProgressOptions:
 class BlockOptions:
     """The size of sorth's orthogonal blocks (and of PEFT OFT / BOFT's)."""
 
-    block_size: int = common_option(
+    block_size: int = _shared(
         0,
         "Block size b (0: from --nblocks, else each layer's smallest divisor b ≥ √n of its "
         "size n, the library's default).",
         low=0,
     )
-    nblocks: int = common_option(
+    nblocks: int = _shared(
         0, "Blocks r per factor instead of --block_size (b = n / r; 0: unused).", low=0
     )
 

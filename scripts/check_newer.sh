@@ -39,15 +39,7 @@ PY="$DIR/venv/bin/python"
     "$PY" -m pip freeze --exclude sorth
 } > "$DIR/constraints.txt"
 echo "== newest versions the ranges allow:"
-"$PY" - <<'PY'
-import importlib.metadata as md
-for name in ("torch", "peft", "transformers", "diffusers", "accelerate", "safetensors",
-             "bitsandbytes", "triton", "mkdocs-material", "ruff"):
-    try:
-        print(f"  {name}=={md.version(name)}")
-    except md.PackageNotFoundError:
-        print(f"  {name}: not installed")
-PY
+"$PY" scripts/show_versions.py
 echo "== fast suite (pytest -m 'not slow') against them:"
 set +e
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "$PY" -m pytest -q -m "not slow" -p no:cacheprovider

@@ -100,15 +100,7 @@ PY="$DIR/venv/bin/python"
     "$PY" -m pip freeze --exclude sorth
 } > "$DIR/constraints.txt"
 echo "== oldest versions the ranges allow:"
-"$PY" - <<'PY'
-import importlib.metadata as md
-for name in ("torch", "peft", "transformers", "diffusers", "accelerate", "safetensors",
-             "bitsandbytes", "triton", "deepspeed", "huggingface-hub", "numpy", "pytest"):
-    try:
-        print(f"  {name}=={md.version(name)}")
-    except md.PackageNotFoundError:
-        print(f"  {name}: not installed")
-PY
+"$PY" scripts/show_versions.py
 echo "== fast suite (pytest -m 'not slow and not browser') against them:"
 set +e
 # shellcheck disable=SC2086  # PYTEST_ARGS is a list of arguments

@@ -81,9 +81,11 @@ class OneSpellingFormatter(argparse.HelpFormatter):
     ``--block_size`` beside ``--block-size``) parses but is not shown."""
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:  # a positional argument
+            return super()._format_action_invocation(action)
         shown = _one_spelling(action.option_strings)
-        if not shown or action.nargs == 0:
-            return super()._format_action_invocation(action) if not shown else ", ".join(shown)
+        if action.nargs == 0:  # a switch
+            return ", ".join(shown)
         metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
         return ", ".join(f"{option} {metavar}" for option in shown)
 
