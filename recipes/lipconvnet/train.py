@@ -144,8 +144,6 @@ def run(cfg: LipConvNetConfig) -> dict[str, Any]:
 
     from sorth.nn import augment_crop_flip, certified_accuracy
 
-    if not cfg.output_dir:
-        raise RecipeError("--output_dir is required (see --help)")
     _, run_id = claim_output_dir(cfg, OUTPUTS, write=False)  # refuse before any work
     resume = find_checkpoint(cfg.output_dir, cfg.resume_from_checkpoint, run_id=run_id)
     accelerator = make_accelerator(seed=cfg.seed)

@@ -162,8 +162,6 @@ def run(cfg: LMConfig) -> dict[str, Any]:
 
     from sorth.nn import project_model_
 
-    if not cfg.output_dir:
-        raise RecipeError("--output_dir is required (see --help)")
     claim_output_dir(cfg, OUTPUTS, write=False)  # refuse before any work
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
